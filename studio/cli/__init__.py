@@ -13,6 +13,8 @@ import sys
 
 COMMAND_MODULES = [
     "studio.cli.image",
+    "studio.cli.latent",
+    "studio.cli.chat",
 ]
 
 # Names known without importing the modules, so `python -m studio` can tell a

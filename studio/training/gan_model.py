@@ -1,0 +1,98 @@
+"""The project's DCGAN: generator and spectrally normalised discriminator.
+
+A generator is stored as ``config.json`` (``"architecture": "dcgan"``, ``z_dim``,
+``channels``, ``image_size``, ``base_channels``) plus ``model.safetensors``;
+``build_generator(config)`` rebuilds the module so the weights load with
+``load_state_dict(strict=True)``. Only torch is imported.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+ARCHITECTURE = "dcgan"
+DEFAULT_CONFIG: dict[str, Any] = {
+    "_class_name": "DCGANGenerator",
+    "architecture": ARCHITECTURE,
+    "z_dim": 64,
+    "channels": 3,
+    "image_size": 64,
+    "base_channels": 32,
+    "output_range": "-1,1",
+}
+
+
+def _levels(image_size: int) -> int:
+    levels = int(round(math.log2(image_size / 4)))
+    if levels < 1 or 4 * 2 ** levels != image_size:
+        raise ValueError(f"image_size must be 4 * 2**k (8, 16, 32, 64, ...), got {image_size}")
+    return levels
+
+
+class Generator(nn.Module):
+    """z (N, z_dim) or (N, z_dim, 1, 1) -> image (N, channels, size, size) in [-1, 1].
+
+    A transposed convolution takes z to 4x4, then each level doubles the size
+    and halves the width (batch norm + ReLU), as in Radford et al. (2016).
+    """
+
+    def __init__(self, z_dim: int, channels: int, image_size: int, base_channels: int) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        levels = _levels(image_size)
+        width = base_channels * 2 ** (levels - 1)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(z_dim, width, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        ]
+        for _ in range(levels - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(width // 2), nn.ReLU(inplace=True)]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if z.dim() == 2:
+            z = z[:, :, None, None]
+        return self.net(z)
+
+
+class Discriminator(nn.Module):
+    """Strided convolutions with spectral norm down to one logit per image."""
+
+    def __init__(self, channels: int, image_size: int, base_channels: int) -> None:
+        super().__init__()
+        sn = nn.utils.spectral_norm
+        levels = _levels(image_size)
+        layers: list[nn.Module] = []
+        prev, width = channels, base_channels
+        for _ in range(levels):
+            layers += [sn(nn.Conv2d(prev, width, 4, 2, 1)), nn.LeakyReLU(0.2, inplace=True)]
+            prev, width = width, width * 2
+        layers.append(sn(nn.Conv2d(prev, 1, 4, 1, 0)))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).flatten()
+
+
+def build_generator(config: dict[str, Any]) -> Generator:
+    """Build the generator a ``config.json`` describes (missing keys take the defaults)."""
+    cfg = {**DEFAULT_CONFIG, **config}
+    arch = str(cfg.get("architecture", ARCHITECTURE)).lower()
+    if arch != ARCHITECTURE:
+        raise ValueError(f"architecture {arch!r} is not {ARCHITECTURE!r}")
+    return Generator(int(cfg["z_dim"]), int(cfg["channels"]), int(cfg["image_size"]),
+                     int(cfg["base_channels"]))
+
+
+def build_discriminator(config: dict[str, Any]) -> Discriminator:
+    cfg = {**DEFAULT_CONFIG, **config}
+    return Discriminator(int(cfg["channels"]), int(cfg["image_size"]),
+                         int(cfg.get("disc_channels", cfg["base_channels"])))

@@ -1,0 +1,429 @@
+"""Train ``shapes-diffusion``: a complete Stable Diffusion pipeline from scratch.
+
+Two phases, both on shapes-world scenes rendered on the fly:
+
+1. an ``AutoencoderKL`` (downsample factor 4, 4 latent channels) on images,
+   with a small KL term; its ``scaling_factor`` is then set from the latent std;
+2. a ``UNet2DConditionModel`` jointly with a small ``CLIPTextModel`` on cached
+   latents, epsilon prediction with min-SNR weighting. The world's captions are
+   empty about one time in ten, which trains the unconditional prediction that
+   classifier-free guidance and negative prompts use; a few captions are bare
+   attribute lists ("red, blue") so that negative prompts written that way
+   mean something to the text encoder.
+
+The result is written with ``save_pretrained`` as a ``StableDiffusionPipeline``
+folder with the project's own CLIP-format BPE tokenizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from studio.training import world
+from studio.training.common import (
+    CHECKPOINT_DIR,
+    Progress,
+    TrainError,
+    has_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_json,
+)
+
+DEFAULT_STEPS = 3600
+DEFAULT_BATCH_SIZE = 64
+MAX_LENGTH = 32
+TIER2_SHARE = 0.2
+ATTRIBUTE_LIST_SHARE = 0.05
+CHECKPOINT_EVERY_S = 300.0
+
+# Architecture presets; "tiny" exists for tests.
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": {
+        "vae_channels": (16, 32, 64),
+        "unet_channels": (32, 64, 64),
+        "text_hidden": 128,
+        "text_layers": 3,
+        "text_heads": 4,
+        "vae_batch": 16,
+    },
+    "tiny": {
+        "vae_channels": (8, 8, 8),
+        "unet_channels": (16, 16, 16),
+        "text_hidden": 16,
+        "text_layers": 1,
+        "text_heads": 2,
+        "vae_batch": 2,
+    },
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--vae-steps", type=int, default=None,
+                        help="autoencoder steps before the UNet phase (default: min(1200, steps))")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                        help="model size; 'tiny' is for tests")
+    parser.add_argument("--lr", type=float, default=6e-4, help="UNet/text-encoder learning rate")
+    parser.add_argument("--cache-size", type=int, default=None,
+                        help="number of pre-encoded training latents (default: from steps)")
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def tokenizer_corpus() -> list[str]:
+    """Text the BPE is trained on: every caption form of the world, many times over."""
+    _, captions, _ = world.render_batch(range(4000), tier=1)
+    _, captions2, _ = world.render_batch(range(1000), tier=2)
+    words = list(world.VOCABULARY)
+    return [c for c in captions + captions2 if c] + words * 20
+
+
+def build_tokenizer(folder: Path) -> Any:
+    """Train the project's own byte-level BPE in CLIP's format and load it as CLIPTokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    alphabet = list("abcdefghijklmnopqrstuvwxyz0123456789,.-'!?")
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        min_frequency=1,
+        special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        initial_alphabet=alphabet,
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    tok.train_from_iterator(tokenizer_corpus(), trainer)
+    data = json.loads(tok.to_str())
+    vocab: dict[str, int] = data["model"]["vocab"]
+    # Single characters at the end of a word (e.g. "x</w>") keep unseen words tokenisable.
+    for ch in alphabet:
+        for piece in (ch, ch + "</w>"):
+            if piece not in vocab:
+                vocab[piece] = len(vocab)
+    merges = data["model"]["merges"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    tokenizer = CLIPTokenizer(
+        str(folder / "vocab.json"),
+        str(folder / "merges.txt"),
+        model_max_length=MAX_LENGTH,
+        pad_token="<|endoftext|>",
+    )
+    return tokenizer
+
+
+# --------------------------------------------------------------------------- models
+
+
+def build_models(preset: str, tokenizer: Any) -> tuple[Any, Any, Any, Any]:
+    """Fresh ``(vae, unet, text_encoder, noise_scheduler)`` for ``preset``."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    p = PRESETS[preset]
+    vc = p["vae_channels"]
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(vc),
+        up_block_types=("UpDecoderBlock2D",) * len(vc),
+        block_out_channels=vc,
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=min(8, vc[0]),
+        sample_size=world.IMAGE_SIZE,
+        scaling_factor=1.0,
+        mid_block_add_attention=False,
+    )
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=p["text_hidden"],
+        intermediate_size=p["text_hidden"] * 4,
+        num_hidden_layers=p["text_layers"],
+        num_attention_heads=p["text_heads"],
+        max_position_embeddings=MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_act="gelu",
+        projection_dim=p["text_hidden"],
+    )
+    text_encoder = CLIPTextModel(text_config)
+    uc = p["unet_channels"]
+    latent = world.IMAGE_SIZE // 2 ** (len(vc) - 1)
+    unet = UNet2DConditionModel(
+        sample_size=latent,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=uc,
+        layers_per_block=1,
+        cross_attention_dim=p["text_hidden"],
+        attention_head_dim=4,
+        norm_num_groups=min(8, uc[0]),
+    )
+    scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="epsilon",
+        clip_sample=False,
+    )
+    return vae, unet, text_encoder, scheduler
+
+
+def to_tensor(images: np.ndarray, device: str) -> Any:
+    import torch
+
+    x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
+
+
+def attribute_list_caption(rng: np.random.Generator, scene: world.Scene) -> str:
+    """A bare list of colour or shape words that includes one the image shows."""
+    obj = scene.objects[int(rng.integers(0, len(scene.objects)))]
+    if rng.random() < 0.7:
+        true, pool = obj.colour, [c for c in world.COLOUR_NAMES if c != scene.background]
+    else:
+        true, pool = obj.shape, list(world.SHAPES)
+    words = [true]
+    if rng.random() < 0.6:
+        other = [w for w in pool if w != true]
+        words.append(other[int(rng.integers(0, len(other)))])
+        rng.shuffle(words)
+    return ", ".join(words)
+
+
+def training_batch(start_seed: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+    """Render ``n`` scenes (a tier mix) and their training captions."""
+    tiers = np.where(rng.random(n) < TIER2_SHARE, 2, 1)
+    images, captions, scenes = world.render_batch(range(start_seed, start_seed + n), tier=tiers)
+    for i, scene in enumerate(scenes):
+        if scene.caption and rng.random() < ATTRIBUTE_LIST_SHARE:
+            captions[i] = attribute_list_caption(rng, scene)
+    return images, captions
+
+
+# --------------------------------------------------------------------------- phases
+
+
+def train_vae(vae: Any, steps: int, batch: int, device: str, out: Path, start: int,
+              state: dict, seed: int) -> None:
+    import torch
+
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    if start > 0:
+        load_checkpoint(out, {"vae": vae}, {"vae": opt})
+    bar = Progress(steps, start, desc="autoencoder")
+    last_save = time.monotonic()
+    vae.train()
+    for step in range(start, steps):
+        lr = 1e-3 * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        images, _, _ = world.render_batch(range(seed * 10**8 + step * batch, seed * 10**8 + (step + 1) * batch),
+                                          tier=1 if step % 4 else 2, caption_style="empty")
+        x = to_tensor(images, device)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample()
+        recon = vae.decode(z).sample
+        rec = (recon - x).abs().mean() + ((recon - x) ** 2).mean()
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = rec + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        bar.update(rec.item())
+        if time.monotonic() - last_save > CHECKPOINT_EVERY_S and step + 1 < steps:
+            save_checkpoint(out, step + 1, {"vae": vae}, {"vae": opt}, {**state, "phase": "vae"})
+            last_save = time.monotonic()
+    state["vae_seconds"] = state.get("vae_seconds", 0.0) + bar.close()
+    state["vae_loss"] = bar.loss
+
+
+def encode_cache(vae: Any, n: int, device: str, seed: int, rng_seed: int) -> tuple[Any, list[str]]:
+    """Pre-encode ``n`` training scenes to latent (mean, std) pairs."""
+    import torch
+
+    rng = np.random.default_rng(rng_seed)
+    means, stds, captions = [], [], []
+    vae.eval()
+    chunk = 256
+    base = 10**9 + seed * 10**8
+    with torch.no_grad():
+        for i in range(0, n, chunk):
+            k = min(chunk, n - i)
+            images, caps = training_batch(base + i, k, rng)
+            dist = vae.encode(to_tensor(images, device)).latent_dist
+            means.append(dist.mean.cpu())
+            stds.append(dist.std.cpu())
+            captions.extend(caps)
+    return (torch.cat(means), torch.cat(stds)), captions
+
+
+def tokenize(tokenizer: Any, captions: list[str], device: str) -> Any:
+    # Padded to the full length, as StableDiffusionPipeline does at inference.
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt").input_ids.to(device)
+
+
+def min_snr_weights(scheduler: Any, timesteps: Any, gamma: float = 5.0) -> Any:
+    import torch
+
+    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cache: tuple,
+               captions: list[str], steps: int, batch: int, lr: float, device: str, out: Path,
+               start: int, state: dict, modules: dict, seed: int) -> None:
+    import torch
+
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    if start > 0:
+        load_checkpoint(out, modules, {"unet": opt})
+    means, stds = cache
+    n = means.shape[0]
+    gen = torch.Generator().manual_seed(seed * 7919 + start)
+    bar = Progress(steps, start, desc="unet+text")
+    last_save = time.monotonic()
+    unet.train()
+    text_encoder.train()
+    sf = state["scaling_factor"]
+    warmup = max(1, min(200, steps // 10))
+    for step in range(start, steps):
+        lr_now = lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr_now
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * sf
+        latents = latents.to(device)
+        noise = torch.randn(latents.shape, generator=gen).to(device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen).to(device)
+        noisy = scheduler.add_noise(latents, noise, t)
+        ids = tokenize(tokenizer, [captions[i] for i in idx.tolist()], device)
+        cond = text_encoder(ids)[0]
+        pred = unet(noisy, t, encoder_hidden_states=cond).sample
+        per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(scheduler, t)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        bar.update(per_sample.mean().item())
+        if time.monotonic() - last_save > CHECKPOINT_EVERY_S and step + 1 < steps:
+            save_checkpoint(out, step + 1, modules, {"unet": opt}, {**state, "phase": "unet"})
+            # A usable pipeline at every checkpoint, so an interrupted run still leaves a model.
+            save_pipeline(out, modules, tokenizer, state)
+            last_save = time.monotonic()
+    state["unet_seconds"] = state.get("unet_seconds", 0.0) + bar.close()
+    state["unet_loss"] = bar.loss
+
+
+def save_pipeline(out: Path, modules: dict, tokenizer: Any, state: dict) -> None:
+    """Write the StableDiffusionPipeline folder (fp32 safetensors) into ``out``."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    vae, unet, text_encoder = modules["vae"], modules["unet"], modules["text_encoder"]
+    vae.register_to_config(scaling_factor=float(state["scaling_factor"]))
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="squaredcos_cap_v2",
+        prediction_type="epsilon",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        timestep_spacing="trailing",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    write_json(out / "training_state.json", {k: v for k, v in state.items() if k != "phase"})
+
+
+def train(args: argparse.Namespace) -> None:
+    import torch
+
+    out = Path(args.out)
+    device = args.device or "cpu"
+    preset = getattr(args, "preset", "full")
+    steps = int(args.steps)
+    batch = int(args.batch_size)
+    vae_steps = getattr(args, "vae_steps", None)
+    vae_steps = int(vae_steps) if vae_steps is not None else min(1200, steps)
+    if vae_steps <= 0:
+        raise TrainError(f"--vae-steps must be a positive integer, got {vae_steps}")
+    seed = int(getattr(args, "seed", 0) or 0)
+    cache_size = getattr(args, "cache_size", None) or int(min(50000, max(64, steps * batch // 4)))
+    torch.manual_seed(seed)
+
+    tokenizer = build_tokenizer(out / "tokenizer")
+    vae, unet, text_encoder, noise_scheduler = build_models(preset, tokenizer)
+    vae.to(device)
+    unet.to(device)
+    text_encoder.to(device)
+    modules = {"vae": vae, "unet": unet, "text_encoder": text_encoder}
+    state: dict[str, Any] = {
+        "preset": preset, "steps": steps, "vae_steps": vae_steps, "batch_size": batch,
+        "seed": seed, "cache_size": cache_size, "device": device,
+        "threads": torch.get_num_threads(),
+    }
+    phase, start = "vae", 0
+    if args.resume:
+        if not has_checkpoint(out):
+            raise TrainError(f"--resume: no checkpoint in {out}")
+        saved = json.loads((out / CHECKPOINT_DIR / "state.json").read_text()) \
+            if (out / CHECKPOINT_DIR / "state.json").is_file() else {}
+        extra = saved.get("extra", {})
+        phase = extra.get("phase", "vae")
+        start = int(saved.get("step", 0))
+        for key in ("vae_seconds", "unet_seconds", "scaling_factor", "vae_loss"):
+            if key in extra:
+                state[key] = extra[key]
+        if phase == "unet":
+            load_checkpoint(out, {"vae": vae})  # the autoencoder is needed for the latent cache
+    started = time.monotonic()
+    if phase == "vae":
+        train_vae(vae, vae_steps, state_batch(preset, batch), device, out, start, state, seed)
+        start = 0
+        save_checkpoint(out, 0, {"vae": vae}, None, {**state, "phase": "unet"})
+    vae.requires_grad_(False)
+    cache, captions = encode_cache(vae, cache_size, device, seed, seed + 1)
+    if "scaling_factor" not in state:
+        state["scaling_factor"] = float(1.0 / cache[0].std())
+    train_unet(unet, text_encoder, tokenizer, noise_scheduler, cache, captions, steps, batch,
+               float(getattr(args, "lr", 6e-4)), device, out, start, state, modules, seed)
+    state["wall_seconds_this_run"] = time.monotonic() - started
+    state["parameters"] = {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()}
+    save_pipeline(out, modules, tokenizer, state)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    print(f"saved {out}")
+
+
+def state_batch(preset: str, batch: int) -> int:
+    """Autoencoder batch: smaller than the UNet's, the decoder works at full resolution."""
+    return max(1, min(batch, PRESETS[preset]["vae_batch"]))

@@ -1,0 +1,411 @@
+"""The one window: panes as tabs, the queue as a dock, the engine's state in the status bar."""
+
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QByteArray, QEvent, QObject, Qt, QUrl, Signal
+from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence, QShortcut
+from PySide6.QtWidgets import (
+    QApplication,
+    QDockWidget,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from studio.core.jobs import Job
+from studio.core.settings import Settings, save_settings
+from studio.ui.bridge import Bridge
+from studio.ui.panes import PANES
+from studio.ui.widgets.job_list import JobList
+
+IMAGE_SUFFIXES = (".png",)
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class PaneError(QWidget):
+    """Stands in for a pane that failed to load, with the reason, so the rest still works."""
+
+    def __init__(self, title: str, spec: str, detail: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        label = QLabel(f"The {title} pane could not be loaded ({spec}).")
+        label.setObjectName("paneError")
+        label.setWordWrap(True)
+        text = QPlainTextEdit(detail)
+        text.setReadOnly(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(label)
+        layout.addWidget(text, 1)
+        self.detail = detail
+
+
+def load_pane(title: str, spec: str, bridge: Bridge, settings: Settings) -> QWidget:
+    try:
+        module_name, class_name = spec.split(":", 1)
+        cls = getattr(importlib.import_module(module_name), class_name)
+        return cls(bridge, settings)
+    except Exception:
+        return PaneError(title, spec, traceback.format_exc())
+
+
+def png_paths(mime: Any) -> list[Path]:
+    if not mime.hasUrls():
+        return []
+    paths = [Path(url.toLocalFile()) for url in mime.urls() if url.isLocalFile()]
+    return [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+class MainWindow(QMainWindow):
+    parametersRestored = Signal(dict)
+    modelsLoaded = Signal()
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        settings: Settings,
+        settings_path: str | Path | None = None,
+        persist: bool = True,
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.bridge = bridge
+        self.settings = settings
+        self.settings_path = settings_path
+        # False for throwaway windows (--smoke): nothing is written back on close.
+        self.persist = persist
+        self.exit_code = 0
+        self.setWindowTitle("Latent Studio")
+        self.setObjectName("mainWindow")
+        self.resize(1200, 800)
+
+        # ---- panes ------------------------------------------------------------
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.panes: dict[str, QWidget] = {}
+        for title, spec in PANES:
+            pane = load_pane(title, spec, bridge, settings)
+            pane.setObjectName(f"pane{title}")
+            self.panes[title] = pane
+            self.tabs.addTab(pane, title)
+        self.setCentralWidget(self.tabs)
+        self._connect_panes()
+
+        # ---- queue dock ---------------------------------------------------------
+        self.job_list = JobList(bridge)
+        self.queue_dock = QDockWidget("Queue", self)
+        self.queue_dock.setObjectName("queueDock")
+        self.queue_dock.setWidget(self.job_list)
+        self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.queue_dock)
+
+        # ---- status bar -----------------------------------------------------------
+        status = self.statusBar()
+        self.device_label = QLabel("Starting the inference engine…")
+        self.device_label.setObjectName("deviceLabel")
+        self.job_label = QLabel("Idle")
+        self.job_label.setObjectName("jobLabel")
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setObjectName("jobProgress")
+        self.progress_bar.setMaximumWidth(220)
+        self.progress_bar.setTextVisible(True)
+        self.progress_bar.hide()
+        self.eta_label = QLabel("")
+        self.eta_label.setObjectName("etaLabel")
+        self.queue_label = QLabel("Queue: 0")
+        self.queue_label.setObjectName("queueLabel")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setObjectName("cancelButton")
+        self.cancel_button.setToolTip("Stop the running job at its next step (Esc)")
+        self.cancel_button.setEnabled(False)
+        status.addWidget(self.device_label)
+        status.addWidget(self.job_label, 1)
+        status.addPermanentWidget(self.progress_bar)
+        status.addPermanentWidget(self.eta_label)
+        status.addPermanentWidget(self.queue_label)
+        status.addPermanentWidget(self.cancel_button)
+
+        self.cancel_button.clicked.connect(self.cancel_running)
+        bridge.engineReady.connect(self._on_engine_ready)
+        bridge.started.connect(self._on_started)
+        bridge.progress.connect(self._on_progress)
+        bridge.ended.connect(self._on_ended)
+        bridge.queueChanged.connect(self._on_queue_changed)
+        bridge.error.connect(self._on_error)
+        if bridge.ready:
+            self._on_engine_ready(bridge.device, bridge.device_name)
+
+        # ---- menus and shortcuts -------------------------------------------------
+        self._build_menus()
+        self.cancel_shortcut = QShortcut(QKeySequence(Qt.Key.Key_Escape), self)
+        self.cancel_shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
+        self.cancel_shortcut.activated.connect(self.cancel_running)
+
+        # Drops land on whichever child is under the cursor (a text box takes
+        # URLs as text), so PNG drops are caught for the whole window here.
+        self.setAcceptDrops(True)
+        app = QApplication.instance()
+        if app is not None:
+            app.installEventFilter(self)
+        self._restore_window_state()
+
+    # ---- panes --------------------------------------------------------------------
+
+    @property
+    def image_pane(self) -> QWidget | None:
+        pane = self.panes.get("Image")
+        return None if isinstance(pane, PaneError) else pane
+
+    def show_pane(self, title: str) -> None:
+        pane = self.panes.get(title)
+        if pane is not None:
+            self.tabs.setCurrentWidget(pane)
+
+    def _connect_panes(self) -> None:
+        image = self.image_pane
+        for pane in self.panes.values():
+            if (
+                image is not None
+                and pane is not image
+                and isinstance(getattr(type(pane), "sendPrompt", None), Signal)
+                and hasattr(image, "set_prompt")
+            ):
+                pane.sendPrompt.connect(self._send_prompt)
+            if isinstance(getattr(type(pane), "useSettings", None), Signal):
+                pane.useSettings.connect(self.restore_parameters)
+        if image is not None and isinstance(getattr(type(image), "modelsLoaded", None), Signal):
+            image.modelsLoaded.connect(lambda *_: self.modelsLoaded.emit())
+
+    def models_loaded(self) -> bool:
+        """True once the Image pane has its model list (or there is no Image pane)."""
+        image = self.image_pane
+        return image is None or bool(getattr(image, "models_loaded", True))
+
+    def _send_prompt(self, text: str) -> None:
+        image = self.image_pane
+        if image is not None:
+            image.set_prompt(text)
+            self.show_pane("Image")
+
+    def restore_parameters(self, params: dict) -> None:
+        image = self.image_pane
+        if image is None or not hasattr(image, "apply_parameters"):
+            return
+        image.apply_parameters(params)
+        self.show_pane("Image")
+        self.parametersRestored.emit(params)
+
+    def open_png(self, path: str | Path) -> bool:
+        """Restore the generation parameters stored in a PNG (ours or A1111's)."""
+        from studio.core.errors import UserError
+        from studio.core.metadata import request_from_png
+
+        try:
+            params = request_from_png(path)
+        except UserError as exc:
+            self._show_message(exc.message, 10000)
+            return False
+        self.restore_parameters(params)
+        self._show_message(f"Restored the settings of {Path(path).name}.")
+        return True
+
+    # ---- engine state -----------------------------------------------------------
+
+    def _on_engine_ready(self, device: str, device_name: str) -> None:
+        kind = {"cuda": "GPU", "mps": "GPU", "cpu": "CPU"}.get(device, device)
+        text = device_name if device_name.startswith(kind) else f"{kind}: {device_name}"
+        self.device_label.setText(text)
+        self.device_label.setToolTip(f"Inference device: {device_name} ({device})")
+
+    def _on_started(self, job_id: str, job: object) -> None:
+        if not isinstance(job, Job) or job.lane:
+            return
+        self.job_label.setText(job.title)
+        self.job_label.setToolTip(job.title)
+        self.progress_bar.setRange(0, 0)  # busy until the first step reports
+        self.progress_bar.show()
+        self.eta_label.setText("")
+        self.cancel_button.setEnabled(True)
+
+    def _on_progress(self, job_id: str, step: int, total: int, preview: object) -> None:
+        running = self.bridge.running
+        if running is None or running.job_id != job_id or total <= 0:
+            return
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(step)
+        self.progress_bar.setFormat(f"{step}/{total}")
+        if step > 0:
+            elapsed = time.monotonic() - self.bridge.running_since
+            self.eta_label.setText(f"ETA {format_eta(elapsed / step * (total - step))}")
+
+    def _on_ended(self, job_id: str) -> None:
+        if self.bridge.running is not None:
+            return
+        self.job_label.setText("Idle")
+        self.job_label.setToolTip("")
+        self.progress_bar.hide()
+        self.eta_label.setText("")
+        self.cancel_button.setEnabled(False)
+
+    def _on_queue_changed(self, pending: list) -> None:
+        self.queue_label.setText(f"Queue: {len(pending)}")
+
+    def _on_error(self, message: str) -> None:
+        self._show_message(message, 10000)
+
+    def _show_message(self, text: str, timeout_ms: int = 5000) -> None:
+        self.statusBar().showMessage(text, timeout_ms)
+
+    def cancel_running(self) -> bool:
+        cancelled = self.bridge.cancel_running()
+        if cancelled:
+            self.job_label.setText("Cancelling…")
+        return cancelled
+
+    # ---- menus ----------------------------------------------------------------------
+
+    def _build_menus(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        open_action = QAction("&Open image settings…", self)
+        open_action.setShortcut(QKeySequence.StandardKey.Open)
+        open_action.triggered.connect(self._open_png_dialog)
+        file_menu.addAction(open_action)
+        outputs_action = QAction("Open &outputs folder", self)
+        outputs_action.triggered.connect(self._open_outputs)
+        file_menu.addAction(outputs_action)
+        file_menu.addSeparator()
+        settings_action = QAction("&Settings…", self)
+        settings_action.setShortcut(QKeySequence("Ctrl+,"))
+        settings_action.triggered.connect(self.open_settings)
+        file_menu.addAction(settings_action)
+        file_menu.addSeparator()
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
+        file_menu.addAction(quit_action)
+
+        view_menu = self.menuBar().addMenu("&View")
+        view_menu.addAction(self.queue_dock.toggleViewAction())
+        for index, (title, _) in enumerate(PANES):
+            action = QAction(title, self)
+            action.setShortcut(QKeySequence(f"Ctrl+{index + 1}"))
+            action.triggered.connect(lambda _=False, t=title: self.show_pane(t))
+            view_menu.addAction(action)
+
+        help_menu = self.menuBar().addMenu("&Help")
+        about = QAction("&About Latent Studio", self)
+        about.triggered.connect(self._about)
+        help_menu.addAction(about)
+
+    def _open_png_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open image", "", "PNG images (*.png)")
+        if path:
+            self.open_png(path)
+
+    def _open_outputs(self) -> None:
+        folder = self.settings.resolved_outputs_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        QDesktopServices.openUrl(QUrl.fromLocalFile(str(folder)))
+
+    def open_settings(self) -> None:
+        from studio.ui.settings_dialog import SettingsDialog
+
+        dialog = SettingsDialog(self.settings, self)
+        if dialog.exec():
+            dialog.apply()
+            self.bridge.engine.options.update(self.settings.engine_options())
+            self.save_settings()
+            for pane in self.panes.values():
+                refresh = getattr(pane, "settings_changed", None)
+                if callable(refresh):
+                    refresh()
+            if dialog.needs_restart:
+                self._show_message("The device change takes effect after a restart.", 10000)
+
+    def _about(self) -> None:
+        from studio import __version__
+
+        QMessageBox.about(
+            self,
+            "About Latent Studio",
+            f"<b>Latent Studio</b> {__version__}<br>Local text, image and latent generation.<br>"
+            f"Device: {self.device_label.text()}",
+        )
+
+    # ---- drag and drop --------------------------------------------------------------
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        kind = event.type()
+        if kind in (QEvent.Type.DragEnter, QEvent.Type.DragMove, QEvent.Type.Drop):
+            if isinstance(watched, QWidget) and watched.window() is self:
+                paths = png_paths(event.mimeData())
+                if paths:
+                    event.acceptProposedAction()
+                    if kind == QEvent.Type.Drop:
+                        self.open_png(paths[0])
+                    return True
+        return super().eventFilter(watched, event)
+
+    # ---- state across restarts ---------------------------------------------------------
+
+    def _restore_window_state(self) -> None:
+        s = self.settings
+        if s.window_geometry:
+            self.restoreGeometry(QByteArray.fromBase64(s.window_geometry.encode("ascii")))
+        if s.window_state:
+            self.restoreState(QByteArray.fromBase64(s.window_state.encode("ascii")))
+        if s.current_pane in self.panes:
+            self.show_pane(s.current_pane)
+        else:
+            self.show_pane("Image")
+
+    def store_state(self) -> None:
+        """Copy window and pane state into the settings object."""
+        self.settings.window_geometry = bytes(self.saveGeometry().toBase64()).decode("ascii")
+        self.settings.window_state = bytes(self.saveState().toBase64()).decode("ascii")
+        self.settings.current_pane = self.tabs.tabText(self.tabs.currentIndex())
+        for pane in self.panes.values():
+            store = getattr(pane, "store_settings", None)
+            if callable(store):
+                try:
+                    store(self.settings)
+                except Exception:
+                    traceback.print_exc()
+
+    def save_settings(self) -> None:
+        try:
+            save_settings(self.settings, self.settings_path)
+        except OSError as exc:
+            self._show_message(f"Could not save settings: {exc}", 10000)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.persist:
+            self.store_state()
+            self.save_settings()
+        app = QApplication.instance()
+        if app is not None:
+            app.removeEventFilter(self)
+        for pane in self.panes.values():
+            shutdown = getattr(pane, "shutdown", None)
+            if callable(shutdown):
+                try:
+                    shutdown()
+                except Exception:
+                    traceback.print_exc()
+        super().closeEvent(event)

@@ -1,0 +1,70 @@
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from studio.core.engine import Engine
+from studio.core.errors import UserError
+from studio.core.jobs import Cancelled, PromptTravel, SeedTravel, TextToImage
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    torch.set_num_threads(1)
+    e = Engine(device="cpu", options={"outputs_dir": str(tmp_path_factory.mktemp("outputs"))})
+    e.start()
+    assert e.wait_ready(30)
+    yield e
+    e.stop()
+
+
+def _seed(model, **kw):
+    base = dict(model=str(model), prompt="a red circle", seed_a=3, seed_b=4, frames=3, steps=2, width=32, height=32)
+    return SeedTravel(**{**base, **kw})
+
+
+def test_seed_travel_endpoints_are_the_image_panes_images(engine, tiny_pipeline):
+    travel = engine.run(_seed(tiny_pipeline))
+    assert len(travel) == 3 and travel.frames[0].shape == (32, 32, 3)
+    for seed, frame in ((3, travel.frames[0]), (4, travel.frames[-1])):
+        image = engine.run(TextToImage(model=str(tiny_pipeline), prompt="a red circle", seed=seed, steps=2, width=32, height=32))
+        assert np.abs(np.asarray(image.images[0]).astype(int) - frame.astype(int)).max() <= 1
+    assert not np.array_equal(travel.frames[1], travel.frames[0])
+    assert [p["t"] for p in travel.params] == [0.0, 0.5, 1.0]
+
+
+def test_every_frame_reproduces_from_its_parameters(engine, tiny_pipeline):
+    five = engine.run(_seed(tiny_pipeline, frames=5, scheduler="euler_a"))
+    alone = engine.run(_seed(tiny_pipeline, at=(five.params[2]["t"],), scheduler="euler_a"))
+    assert len(alone) == 1
+    assert np.array_equal(alone.frames[0], five.frames[2])
+
+
+def test_prompt_travel_interpolates_embeddings(engine, tiny_pipeline):
+    job = PromptTravel(model=str(tiny_pipeline), prompt_a="a red circle", prompt_b="a blue square",
+                       seed_a=5, frames=3, steps=2, width=32, height=32)
+    travel = engine.run(job)
+    assert len(travel) == 3
+    a = engine.run(TextToImage(model=str(tiny_pipeline), prompt="a blue square", seed=5, steps=2, width=32, height=32))
+    assert np.abs(np.asarray(a.images[0]).astype(int) - travel.frames[-1].astype(int)).max() <= 1
+    assert not np.array_equal(travel.frames[0], travel.frames[-1])
+    with_seeds = engine.run(dataclasses.replace(job, seed_b=6))
+    assert np.array_equal(with_seeds.frames[0], travel.frames[0])
+    assert not np.array_equal(with_seeds.frames[-1], travel.frames[-1])
+
+
+def test_travel_cancel_and_bad_input(engine, tiny_pipeline):
+    handle = engine.submit(_seed(tiny_pipeline, frames=50, steps=5))
+    deadline = time.monotonic() + 30
+    while engine.running_job is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    engine.cancel_running()
+    end = handle.wait(30)
+    assert isinstance(end, Cancelled), end
+    with pytest.raises(UserError, match="at least 2 frames"):
+        engine.run(_seed(tiny_pipeline, frames=1))
+    with pytest.raises(UserError, match="multiples? of 8"):
+        engine.run(_seed(tiny_pipeline, width=36))
+    assert len(engine.run(_seed(tiny_pipeline, frames=2, steps=1))) == 2
