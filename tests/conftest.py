@@ -7,12 +7,15 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 # ---- text to image: user folders and the tiny pipeline ---------------------------
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import pytest  # noqa: E402
 
 # Settings, outputs and caches of a test run never touch the user's own folders.
 _user_dirs = tempfile.mkdtemp(prefix="latent-studio-tests-")
+atexit.register(shutil.rmtree, _user_dirs, ignore_errors=True)
 os.environ.setdefault("LATENT_STUDIO_DATA_DIR", os.path.join(_user_dirs, "data"))
 os.environ.setdefault("LATENT_STUDIO_CONFIG_DIR", os.path.join(_user_dirs, "config"))
 

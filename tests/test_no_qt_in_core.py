@@ -18,8 +18,6 @@ sys.exit(1 if qt or not names else 0)
 
 
 def test_core_and_training_never_load_qt():
-    proc = subprocess.run(
-        [sys.executable, "-c", CODE], capture_output=True, text=True, timeout=300
-    )
+    proc = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Qt loaded: []" in proc.stdout

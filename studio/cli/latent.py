@@ -155,4 +155,4 @@ def _travel(args: argparse.Namespace) -> int:
         seed_b = args.seed_b if args.seed_b is not None else args.seed_a + 1
         job = SeedTravel(prompt=args.prompt, seed_b=seed_b, **common)
     result = _run(job, args.device)
-    return _write(result, args)
+    return _write(result, args, columns=len(result.frames))

@@ -35,7 +35,14 @@ _SCHEDULER_CLASSES = {
     "ddpm": ("DDPMScheduler", {}),
     "euler": ("EulerDiscreteScheduler", {}),
     "euler_a": ("EulerAncestralDiscreteScheduler", {}),
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_2m": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2},
+    ),
+    "dpmpp_2m_karras": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
     "lcm": ("LCMScheduler", {}),
 }
 
@@ -65,6 +72,7 @@ class LoadedPipeline:
     min_size: int
     size_multiple: int
     previewer: Any = None
+    preview_source: str = ""  # the tiny decoder folder the previewer uses; "": linear fit
     model_hash: str | None = None
 
 
@@ -129,7 +137,9 @@ def validate_request(job: TextToImage) -> str:
     if not math.isfinite(cfg) or cfg < 0:
         raise UserError(f"The CFG scale must be a finite number of 0 or more (got {cfg}).")
     if not isinstance(job.batch_size, int) or not 1 <= job.batch_size <= MAX_BATCH:
-        raise UserError(f"The batch size must be between 1 and {MAX_BATCH} (got {job.batch_size!r}).")
+        raise UserError(
+            f"The batch size must be between 1 and {MAX_BATCH} (got {job.batch_size!r})."
+        )
     if not isinstance(job.seed, int) or isinstance(job.seed, bool) or job.seed > MAX_SEED:
         raise UserError(
             f"The seed must be a whole number up to {MAX_SEED}, or -1 for random (got {job.seed!r})."
@@ -146,9 +156,7 @@ def check_pipeline_folder(path: Path, allow_pickle: bool = False) -> dict[str, A
         raise UserError(f"{path} is a file, not a diffusers pipeline folder.")
     index_file = path / "model_index.json"
     if not index_file.is_file():
-        raise UserError(
-            f"{path} is not a diffusers pipeline folder: model_index.json is missing."
-        )
+        raise UserError(f"{path} is not a diffusers pipeline folder: model_index.json is missing.")
     try:
         index = json.loads(index_file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -249,10 +257,13 @@ def load_pipeline(ctx: JobContext, model: str) -> LoadedPipeline:
     if ctx.models.peek(key) is None:
         check_pipeline_folder(path, allow_pickle)
     loaded = ctx.models.get(
-        key, lambda: _load(path, ctx.device, ctx.dtype, offload, allow_pickle, ctx.options),
+        key,
+        lambda: _load(path, ctx.device, ctx.dtype, offload, allow_pickle, ctx.options),
         group="diffusion",
     )
     _apply_memory_switches(loaded.pipe, ctx.options)
+    if str(ctx.options.get("preview_decoder") or "") != loaded.preview_source:
+        _attach_previewer(loaded, ctx.options)
     return loaded
 
 
@@ -306,16 +317,22 @@ def _load(
         min_size=max(8, -(-min_size // 8) * 8),
         size_multiple=max(8, vae_factor),
     )
+    _attach_previewer(loaded, options)
+    return loaded
+
+
+def _attach_previewer(loaded: LoadedPipeline, options: dict[str, Any]) -> None:
     from studio.core.previews import make_previewer
 
+    loaded.preview_source = str(options.get("preview_decoder") or "")
     try:
-        loaded.previewer = make_previewer(pipe, options)
+        loaded.previewer = make_previewer(loaded.pipe, options)
     except Exception as exc:
-        # Previews are a convenience: a VAE the fit cannot handle still generates.
+        # Previews are a convenience: a VAE the fit cannot handle (or a broken tiny
+        # decoder folder) must not stop generation.
         if _is_oom(exc):
             raise
         loaded.previewer = None
-    return loaded
 
 
 def _repo_name(snapshot: Path) -> str:

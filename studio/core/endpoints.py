@@ -8,6 +8,8 @@ table of error messages. API keys live in a file only the user can read.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import time
@@ -282,16 +284,27 @@ async def astream_chat(
     messages: Sequence[tuple[str, str]],
     decoding: Decoding,
     on_token: Callable[[str], None],
-    should_stop: Callable[[], bool] = lambda: False,
+    stop: asyncio.Event | None = None,
 ) -> ChatResult:
-    """Stream a reply on the running asyncio loop; Stop (`should_stop`) keeps the text so far."""
+    """Stream a reply on the running asyncio loop; setting `stop` ends it and keeps the text so far.
+
+    Stop cancels the reading task where it waits on the socket, so the
+    cancellation unwinds httpx's async generators. Leaving them suspended (a
+    `break`) would hand their clean-up to the garbage collector, which cannot
+    run it on loops without async-generator hooks, such as qasync's.
+    """
     import httpx
 
     payload, notices = build_payload(endpoint, system, messages, decoding)
     parser = StreamParser()
     timer = _Timer()
-    stopped = False
-    try:
+
+    def take(piece: str) -> None:
+        if piece:
+            timer.saw_text()
+            on_token(piece)
+
+    async def read() -> None:
         async with (
             httpx.AsyncClient(timeout=endpoint.timeout()) as client,
             client.stream("POST", endpoint.url(), json=payload, headers=endpoint.headers()) as response,
@@ -299,28 +312,37 @@ async def astream_chat(
             if response.status_code >= 400:
                 raise status_error(endpoint, response.status_code, await response.aread())
             if not _check_content_type(response):
-                piece = _whole_answer(parser, await response.aread())
-                if piece:
-                    timer.saw_text()
-                    on_token(piece)
+                take(_whole_answer(parser, await response.aread()))
+                return
+            async for line in response.aiter_lines():
+                if not parser.done:  # after [DONE], read on to the end of the body
+                    take(parser.feed_line(line))
+            if not parser.done:
+                take(parser.close())
+
+    reader = asyncio.ensure_future(read())
+    stopped = False
+    try:
+        if stop is None:
+            await reader
+        else:
+            waiter = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            if not reader.done():
+                stopped = True
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
             else:
-                async for line in response.aiter_lines():
-                    piece = parser.feed_line(line)
-                    if piece:
-                        timer.saw_text()
-                        on_token(piece)
-                    if should_stop():
-                        stopped = True
-                        break
-                    if parser.done:
-                        break
-                else:
-                    piece = parser.close()
-                    if piece:
-                        timer.saw_text()
-                        on_token(piece)
+                reader.result()
     except httpx.HTTPError as exc:
         raise transport_error(endpoint, exc, parser.text) from exc
+    except asyncio.CancelledError:
+        reader.cancel()
+        raise
     _check_finished(parser, stopped)
     return timer.result(parser, endpoint, stopped, notices)
 

@@ -335,7 +335,8 @@ class Gallery:
             on_disk = {
                 entry.name: entry
                 for entry in os.scandir(self.folder)
-                if entry.is_file() and entry.name.lower().endswith(".png")
+                if entry.is_file()
+                and entry.name.lower().endswith(".png")
                 and not entry.name.startswith(".")
             }
         except OSError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ class Generator:
     unit_range: bool = False
     mean: Any = None  # the mean latent; zeros for a N(0, I) prior
     notices: tuple[str, ...] = ()
-    _early: Any = field(default=None, repr=False)
+    threads: int | None = None  # intra-op threads for this model (see latent.threads_for)
 
     def z(self, seed: int) -> Any:
         from studio.core.latent import seeded_normal
@@ -54,8 +54,10 @@ class Generator:
         """(N, z_dim) latents → (N, C, H, W) images in [-1, 1] on the CPU."""
         import torch
 
+        from studio.core.latent import torch_threads
+
         outs = []
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(self.threads):
             for i in range(0, z.shape[0], batch):
                 chunk = z[i : i + batch].to(self.device, torch.float32)
                 if self.z_as_map:
@@ -91,6 +93,9 @@ def load_generator(model: str, device: str = "cpu", z_dim: int = 0) -> Generator
         )
     if z_dim and z_dim != gen.z_dim:
         raise UserError(f"{path.name} takes z of size {gen.z_dim}, not {z_dim}.")
+    from studio.core.latent import threads_for
+
+    gen.threads = threads_for(gen.module, device)
     _probe(gen, path)
     return gen
 

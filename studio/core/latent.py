@@ -8,7 +8,8 @@ interpolation frames is stacked on a new leading dimension.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,36 @@ import torch
 PARALLEL_DOT = 0.9995
 
 MODES = ("lerp", "slerp")
+
+# Models below this many parameters run on one CPU thread: a 64×64 sample is a few
+# milliseconds of work, and splitting it over threads costs more than it saves —
+# on a busy machine ten times more (measured in tests/benchmarks/bench_latent.py).
+SMALL_MODEL_PARAMS = 20_000_000
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with `count` intra-op threads (None: leave as is)."""
+    before = torch.get_num_threads()
+    if not count or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def threads_for(module: torch.nn.Module, device: str) -> int | None:
+    """One thread for a small model on the CPU, else the default."""
+    if device != "cpu":
+        return None
+    try:
+        params = sum(p.numel() for p in module.parameters())
+    except (AttributeError, RuntimeError):
+        return None
+    return 1 if params < SMALL_MODEL_PARAMS else None
 
 
 def _as_t(t: float | Sequence[float] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:

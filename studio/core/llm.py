@@ -281,7 +281,9 @@ def build_prompt(
     new_tokens = max_new_tokens
     if len(ids) + new_tokens > context:
         new_tokens = context - len(ids)
-        notices.append(f"The reply is limited to {new_tokens} tokens by the model's context of {context}.")
+        # Asking for more than the whole context is capped quietly: that limit is the model's.
+        if max_new_tokens < context:
+            notices.append(f"The reply is limited to {new_tokens} tokens by the model's context of {context}.")
     return Prompt(ids, new_tokens, dropped, tuple(notices))
 
 

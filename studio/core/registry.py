@@ -161,7 +161,9 @@ def _user_folders(settings: Settings | None) -> list[Path]:
     return [Path(f).expanduser() for f in folders if f]
 
 
-def discover(settings: Settings | None = None, kinds: Iterable[str] | None = None) -> list[ModelEntry]:
+def discover(
+    settings: Settings | None = None, kinds: Iterable[str] | None = None
+) -> list[ModelEntry]:
     """Every model found, bundled first; never downloads."""
     from studio.paths import models_dir
 

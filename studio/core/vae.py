@@ -40,13 +40,16 @@ class LatentVae:
     # Prior samples are drawn as N(0, I) / scaling_factor for diffusers VAEs, whose
     # raw latents are scaled to unit variance only by that factor.
     prior_scale: float = 1.0
+    threads: int | None = None  # intra-op threads for this model (see latent.threads_for)
     _encoded: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def encode(self, images: Any) -> Any:
         import torch
 
+        from studio.core.latent import torch_threads
+
         x = images.to(self.device, torch.float32)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(self.threads):
             if self.kind == "autoencoder-kl":
                 return self.module.encode(x).latent_dist.mean.float()
             if self.unit_range:
@@ -57,8 +60,10 @@ class LatentVae:
     def decode(self, latents: Any, batch: int = 64) -> Any:
         import torch
 
+        from studio.core.latent import torch_threads
+
         outs = []
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(self.threads):
             for i in range(0, latents.shape[0], batch):
                 z = latents[i : i + batch].to(self.device, torch.float32)
                 if self.kind == "autoencoder-kl":
@@ -107,6 +112,7 @@ def model_path(model: str) -> Path:
 
 def load_vae(model: str, device: str = "cpu") -> LatentVae:
     """A VAE from a picker name or a folder: AutoencoderKL, a pipeline's `vae`, or the 2-D VAE."""
+    from studio.core.latent import threads_for
     from studio.core.registry import classify
 
     path = model_path(model)
@@ -116,15 +122,17 @@ def load_vae(model: str, device: str = "cpu") -> LatentVae:
             raise UserError(f"The pipeline at {path} has no vae/ folder to load.")
         vae = _load_autoencoder_kl(path / "vae", path.name, device)
         vae.name = f"{path.name} (VAE)"
-        return vae
-    if kind == "autoencoder-kl":
-        return _load_autoencoder_kl(path, path.name, device)
-    if kind == "vae-2d":
-        return _load_vae2d(path, device)
-    raise UserError(
-        f"{path} is not a VAE: pick an AutoencoderKL folder, a diffusers pipeline folder "
-        "or a project VAE (config.json + model.safetensors)."
-    )
+    elif kind == "autoencoder-kl":
+        vae = _load_autoencoder_kl(path, path.name, device)
+    elif kind == "vae-2d":
+        vae = _load_vae2d(path, device)
+    else:
+        raise UserError(
+            f"{path} is not a VAE: pick an AutoencoderKL folder, a diffusers pipeline folder "
+            "or a project VAE (config.json + model.safetensors)."
+        )
+    vae.threads = threads_for(vae.module, device)
+    return vae
 
 
 def _load_autoencoder_kl(folder: Path, name: str, device: str) -> LatentVae:

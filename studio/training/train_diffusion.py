@@ -72,6 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
                         help="model size; 'tiny' is for tests")
     parser.add_argument("--lr", type=float, default=6e-4, help="UNet/text-encoder learning rate")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="wall-time budget of the UNet phase; the learning-rate schedule "
+                             "follows whichever of steps or time runs out first")
     parser.add_argument("--cache-size", type=int, default=None,
                         help="number of pre-encoded training latents (default: from steps)")
 
@@ -291,7 +294,8 @@ def min_snr_weights(scheduler: Any, timesteps: Any, gamma: float = 5.0) -> Any:
 
 def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cache: tuple,
                captions: list[str], steps: int, batch: int, lr: float, device: str, out: Path,
-               start: int, state: dict, modules: dict, seed: int) -> None:
+               start: int, state: dict, modules: dict, seed: int,
+               max_seconds: float | None = None) -> None:
     import torch
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -307,8 +311,19 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     text_encoder.train()
     sf = state["scaling_factor"]
     warmup = max(1, min(200, steps // 10))
+    spent = float(state.get("unet_seconds", 0.0))  # time of earlier, interrupted runs
+    phase_start = time.monotonic()
     for step in range(start, steps):
-        lr_now = lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        elapsed = spent + time.monotonic() - phase_start
+        progress = step / steps
+        if max_seconds:
+            progress = max(progress, elapsed / max_seconds)
+            if progress >= 1.0:
+                bar.write(f"time budget reached after {step} steps")
+                break
+        state["unet_seconds"] = elapsed
+        state["unet_steps_done"] = step
+        lr_now = lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for g in opt.param_groups:
             g["lr"] = lr_now
         idx = torch.randint(0, n, (batch,), generator=gen)
@@ -327,12 +342,14 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         bar.update(per_sample.mean().item())
+        state["unet_steps_done"] = step + 1
         if time.monotonic() - last_save > CHECKPOINT_EVERY_S and step + 1 < steps:
             save_checkpoint(out, step + 1, modules, {"unet": opt}, {**state, "phase": "unet"})
             # A usable pipeline at every checkpoint, so an interrupted run still leaves a model.
             save_pipeline(out, modules, tokenizer, state)
             last_save = time.monotonic()
-    state["unet_seconds"] = state.get("unet_seconds", 0.0) + bar.close()
+    bar.close()
+    state["unet_seconds"] = spent + time.monotonic() - phase_start
     state["unet_loss"] = bar.loss
 
 
@@ -401,7 +418,7 @@ def train(args: argparse.Namespace) -> None:
         extra = saved.get("extra", {})
         phase = extra.get("phase", "vae")
         start = int(saved.get("step", 0))
-        for key in ("vae_seconds", "unet_seconds", "scaling_factor", "vae_loss"):
+        for key in ("vae_seconds", "unet_seconds", "scaling_factor", "vae_loss", "unet_steps_done"):
             if key in extra:
                 state[key] = extra[key]
         if phase == "unet":
@@ -416,7 +433,8 @@ def train(args: argparse.Namespace) -> None:
     if "scaling_factor" not in state:
         state["scaling_factor"] = float(1.0 / cache[0].std())
     train_unet(unet, text_encoder, tokenizer, noise_scheduler, cache, captions, steps, batch,
-               float(getattr(args, "lr", 6e-4)), device, out, start, state, modules, seed)
+               float(getattr(args, "lr", 6e-4)), device, out, start, state, modules, seed,
+               max_seconds=(args.max_minutes * 60) if getattr(args, "max_minutes", None) else None)
     state["wall_seconds_this_run"] = time.monotonic() - started
     state["parameters"] = {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()}
     save_pipeline(out, modules, tokenizer, state)

@@ -252,7 +252,7 @@ def _prompt_for(rng: np.random.Generator, want: Want) -> str:
     attrs = _realise(rng, want)
     keep: dict[str, str | None] = {"shape": attrs["shape"]}
     for key in ("colour", "size", "position", "background"):
-        p = 0.95 if key in want.named else 0.55
+        p = 1.0 if key in want.named else 0.5
         keep[key] = attrs[key] if rng.random() < p else None
     return format_prompt(rng, keep)
 
@@ -281,10 +281,16 @@ def _adj_word(rng: np.random.Generator, entry: tuple[tuple[str, ...], Want]) -> 
 
 def make_idea(rng: np.random.Generator) -> tuple[str, str]:
     """One (idea, prompt) pair; the prompt always satisfies the idea's constraints."""
+    idea, prompt, _ = make_idea_with_constraints(rng)
+    return idea, prompt
+
+
+def make_idea_with_constraints(rng: np.random.Generator) -> tuple[str, str, Want | None]:
+    """``(idea, prompt, constraints)``; constraints are ``None`` for two-object ideas."""
     for _ in range(50):
         kind = rng.random()
         if kind < 0.05:
-            return _choice(rng, RANDOM_IDEAS), _prompt_for(rng, Want())
+            return _choice(rng, RANDOM_IDEAS), _prompt_for(rng, Want()), Want()
         if kind < 0.12:
             # a prompt-like request the model should tidy up or extend
             attrs = _realise(rng, Want())
@@ -296,7 +302,7 @@ def make_idea(rng: np.random.Generator) -> tuple[str, str]:
                 text = text.removeprefix("a ").removeprefix("an ")
             want = _w(**{k: ((v,) if k in ("shape", "colour", "background") else v)
                          for k, v in keep.items() if v})
-            return text, _prompt_for(rng, want)
+            return text, _prompt_for(rng, want), want
         if kind < 0.22:
             # two things: a tier-2 prompt
             na, nb = _choice(rng, NOUNS), _choice(rng, NOUNS)
@@ -318,13 +324,13 @@ def make_idea(rng: np.random.Generator) -> tuple[str, str]:
                 idea = _choice(rng, ("two shapes", "a pair", "two things", "two friends",
                                      "a couple of shapes", "two objects"))
                 wa = wb = Want()
-            return idea, _tier2_prompt(rng, wa, wb, relation)
+            return idea, _tier2_prompt(rng, wa, wb, relation), None
         if kind < 0.32:
             adj = _choice(rng, ADJECTIVES)
             if adj[1].colour is None or adj[1].background is None:
                 continue
             word = _adj_word(rng, adj)
-            return _choice(rng, COLOUR_PHRASES).format(a=word), _prompt_for(rng, adj[1])
+            return _choice(rng, COLOUR_PHRASES).format(a=word), _prompt_for(rng, adj[1]), adj[1]
         # adjectives + noun + setting
         want = Want()
         parts: list[str] = []
@@ -362,8 +368,8 @@ def make_idea(rng: np.random.Generator) -> tuple[str, str]:
         else:
             words = " ".join(parts + [noun])
             idea = f"{_article(words)} {words}{setting}"
-        return idea, _prompt_for(rng, want)
-    return "something", _prompt_for(rng, Want())
+        return idea, _prompt_for(rng, want), want
+    return "something", _prompt_for(rng, Want()), Want()
 
 
 def make_example(rng: np.random.Generator) -> tuple[str, str | None]:
@@ -506,14 +512,52 @@ EVAL_IDEAS = (
 )
 
 
-def evaluate(model, tokenizer, n: int = 100, seed: int = 1234) -> dict:
-    """Share of sampled outputs that parse as shapes-world prompts; distinct outputs."""
+def follows(prompt: str, want: Want | None) -> bool:
+    """Whether ``prompt`` is a valid prompt that names every attribute ``want`` fixes, as fixed.
+
+    Two-object ideas (``want`` None) ask for a two-object prompt.
+    """
+    parsed = world.parse_caption(prompt)
+    if parsed is None:
+        return False
+    if want is None:
+        return parsed["tier"] == 2
+    if parsed["tier"] != 1 or (parsed["colour"] and parsed["colour"] == parsed["background"]):
+        return False
+    for key in want.named:
+        allowed = getattr(want, key)
+        value = parsed[key]
+        if value is None:
+            return False
+        if isinstance(allowed, set) and value not in allowed:
+            return False
+        if isinstance(allowed, str) and value != allowed:
+            return False
+    return True
+
+
+def evaluate(model, tokenizer, n: int = 100, seed: int = 1234, n_follow: int = 200) -> dict:
+    """Validity and variety of sampled outputs, and how often they follow the idea.
+
+    ``valid``: share of ``n`` samples (for the fixed ``EVAL_IDEAS``) that parse
+    as shapes-world prompts; ``distinct``: different outputs among them;
+    ``follows_idea``: share of ``n_follow`` samples for held-out synthetic ideas
+    whose prompt names every attribute the idea implies, with an allowed value.
+    """
     ideas = [EVAL_IDEAS[i % len(EVAL_IDEAS)] for i in range(n)]
     outputs: list[str] = []
     for start in range(0, n, 25):
         outputs += generate(model, tokenizer, ideas[start:start + 25], seed=seed + start)
     valid = [o for o in outputs if world.parse_caption(o) is not None]
+    rng = np.random.default_rng((seed, 99))
+    held = [make_idea_with_constraints(rng) for _ in range(n_follow)]
+    follow_out: list[str] = []
+    for start in range(0, n_follow, 25):
+        follow_out += generate(model, tokenizer, [h[0] for h in held[start:start + 25]],
+                               seed=seed + 7 + start)
+    ok = [follows(o, h[2]) for o, h in zip(follow_out, held, strict=True)]
     return {"samples": n, "valid": len(valid) / n, "distinct": len(set(outputs)),
+            "follows_idea": float(np.mean(ok)), "follows_samples": n_follow,
             "examples": list(zip(ideas[:20], outputs[:20], strict=True))}
 
 
@@ -561,7 +605,9 @@ def train(args: argparse.Namespace) -> None:
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.save_pretrained(str(out))
     save_tokenizer(tokenizer, out)
-    info = {"steps": step, "max_minutes": args.max_minutes, "batch_size": args.batch_size, "wall_seconds": round(wall, 1),
+    info = {"model": "prompt-writer", "steps": step, "max_minutes": args.max_minutes,
+            "batch_size": args.batch_size, "lr": args.lr, "vocab_size": len(tokenizer),
+            "wall_seconds": round(wall, 1),
             "device": args.device, "parameters": sum(p.numel() for p in model.parameters()),
             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if not tiny:

@@ -464,13 +464,13 @@ def render_batch(
     tiers = [tier] * len(seeds) if isinstance(tier, int) else [int(t) for t in tier]
     if len(tiers) != len(seeds):
         raise ValueError("one tier per seed is needed")
-    specs = [sample_scene_spec(s, t, caption_style) for s, t in zip(seeds, tiers)]
+    specs = [sample_scene_spec(s, t, caption_style) for s, t in zip(seeds, tiers, strict=True)]
     if not specs:
         return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), [], []
     images = _paint([(bg, objs) for bg, objs, *_ in specs])
     scenes = [
         Scene(images[i], cap, bg, objs, t, named, rel)
-        for i, ((bg, objs, cap, named, rel), t) in enumerate(zip(specs, tiers))
+        for i, ((bg, objs, cap, named, rel), t) in enumerate(zip(specs, tiers, strict=True))
     ]
     return images, [s.caption for s in scenes], scenes
 
@@ -479,4 +479,4 @@ def render_from_specs(
     backgrounds: Sequence[str], objects: Sequence[Sequence[ObjectSpec]]
 ) -> np.ndarray:
     """Render explicit scenes (N,64,64,3) uint8; used to build evaluation references."""
-    return _paint([(b, tuple(o)) for b, o in zip(backgrounds, objects)])
+    return _paint([(b, tuple(o)) for b, o in zip(backgrounds, objects, strict=True)])

@@ -13,6 +13,7 @@ from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence, 
 from PySide6.QtWidgets import (
     QApplication,
     QDockWidget,
+    QFrame,
     QFileDialog,
     QLabel,
     QMainWindow,
@@ -20,6 +21,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -104,7 +106,14 @@ class MainWindow(QMainWindow):
             pane = load_pane(title, spec, bridge, settings)
             pane.setObjectName(f"pane{title}")
             self.panes[title] = pane
-            self.tabs.addTab(pane, title)
+            # A pane larger than the window scrolls instead of forcing the window's
+            # minimum size up to the largest pane's (laptop screens stay usable).
+            holder = QScrollArea()
+            holder.setObjectName(f"holder{title}")
+            holder.setWidgetResizable(True)
+            holder.setFrameShape(QFrame.Shape.NoFrame)
+            holder.setWidget(pane)
+            self.tabs.addTab(holder, title)
         self.setCentralWidget(self.tabs)
         self._connect_panes()
 
@@ -173,9 +182,13 @@ class MainWindow(QMainWindow):
         return None if isinstance(pane, PaneError) else pane
 
     def show_pane(self, title: str) -> None:
-        pane = self.panes.get(title)
-        if pane is not None:
-            self.tabs.setCurrentWidget(pane)
+        for index in range(self.tabs.count()):
+            if self.tabs.tabText(index) == title:
+                self.tabs.setCurrentIndex(index)
+                return
+
+    def current_pane(self) -> QWidget | None:
+        return self.panes.get(self.tabs.tabText(self.tabs.currentIndex()))
 
     def _connect_panes(self) -> None:
         image = self.image_pane

@@ -93,6 +93,10 @@ def test_models_lists_what_the_picker_lists(tiny_pipeline, tmp_path, monkeypatch
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     assert main(["models", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert {"name": tiny_pipeline.name, "kind": "diffusers-pipeline", "source": "bundled",
-            "path": str(tiny_pipeline)} in listed
+    assert {
+        "name": tiny_pipeline.name,
+        "kind": "diffusers-pipeline",
+        "source": "bundled",
+        "path": str(tiny_pipeline),
+    } in listed
     assert main(["models", "--kind", "nonsense"]) == 1

@@ -16,7 +16,12 @@ from studio.core.engine import Engine
 from studio.core.errors import UserError
 from studio.core.gallery import Gallery
 from studio.core.jobs import Cancelled, CountTokens, Failed, Progress, TextToImage
-from studio.core.metadata import parse_parameters, read_png_request, read_png_text
+from studio.core.metadata import (
+    parameters_to_request,
+    parse_parameters,
+    read_png_request,
+    read_png_text,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +73,15 @@ def test_bad_requests_get_clear_messages(change, message):
 
 
 def test_scheduler_names_and_lcm_support(tiny_pipeline):
-    assert list(SCHEDULERS.values()) == ["DDIM", "DDPM", "Euler", "Euler a", "DPM++ 2M", "LCM"]
+    assert list(SCHEDULERS.values()) == [
+        "DDIM",
+        "DDPM",
+        "Euler",
+        "Euler a",
+        "DPM++ 2M",
+        "DPM++ 2M Karras",
+        "LCM",
+    ]
     assert "lcm" not in available_schedulers(tiny_pipeline)
     assert validate_request(TextToImage(prompt="x", scheduler="Euler a")) == "euler_a"
 
@@ -154,13 +167,14 @@ def test_random_seed_is_recorded(engine, tiny_pipeline):
     assert read_png_request(result.paths[0])["seed"] == result.seeds[0]
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "ddpm", "euler", "euler_a", "dpmpp_2m"])
+@pytest.mark.parametrize(
+    "scheduler", ["ddim", "ddpm", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras"]
+)
 def test_every_scheduler_runs(engine, tiny_pipeline, scheduler):
     result = engine.run(_job(tiny_pipeline, steps=2, scheduler=scheduler), timeout=60)
     assert result.images[0].size == (32, 32)
-    assert parse_parameters(read_png_text(result.paths[0])["parameters"])["Sampler"] == (
-        SCHEDULERS[scheduler]
-    )
+    params = parse_parameters(read_png_text(result.paths[0])["parameters"])
+    assert parameters_to_request(params)["scheduler"] == scheduler
 
 
 def test_lcm_only_where_the_model_supports_it(engine, tiny_pipeline, tmp_path):
@@ -274,9 +288,12 @@ def test_preview_fit_tracks_the_vae(engine, tiny_pipeline):
         decoded = pipe.vae.decode(raw).sample
     target = torch.nn.functional.avg_pool2d(decoded, 2).permute(0, 2, 3, 1).numpy()
     latents = (raw * pipe.vae.config.scaling_factor).numpy()
-    approx = np.stack([
-        np.tensordot(lat, preview.matrix[:4], axes=([0], [0])) + preview.matrix[4] for lat in latents
-    ])
+    approx = np.stack(
+        [
+            np.tensordot(lat, preview.matrix[:4], axes=([0], [0])) + preview.matrix[4]
+            for lat in latents
+        ]
+    )
     err = np.mean((approx - target) ** 2)
     baseline = np.mean((target - target.mean(axis=(0, 1, 2))) ** 2)
     assert err < baseline
@@ -328,7 +345,9 @@ def test_sdxl_folders_load_as_sdxl(engine, tmp_path):
     assert parse_parameters(read_png_text(result.paths[0])["parameters"])["Model"] == "tiny-xl"
 
 
-def test_full_disk_saves_nothing_and_keeps_earlier_outputs(engine, tiny_pipeline, tmp_path, monkeypatch):
+def test_full_disk_saves_nothing_and_keeps_earlier_outputs(
+    engine, tiny_pipeline, tmp_path, monkeypatch
+):
     import errno
 
     from studio.core import gallery as gallery_module
@@ -350,3 +369,51 @@ def test_full_disk_saves_nothing_and_keeps_earlier_outputs(engine, tiny_pipeline
     assert earlier.read_bytes() == earlier_bytes
     assert Gallery(outputs).count() == 1
     assert engine.run(_job(tiny_pipeline, seed=99), timeout=60).paths
+
+
+def test_a_configured_tiny_decoder_makes_the_previews(engine, tiny_pipeline, tmp_path):
+    from diffusers import AutoencoderTiny
+
+    from studio.core.previews import LinearPreview, TinyDecoderPreview
+
+    tiny = AutoencoderTiny(
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=4,
+        upsampling_scaling_factor=2,
+    )
+    tiny.save_pretrained(tmp_path / "taesd")
+    engine.options["preview_decoder"] = str(tmp_path / "taesd")
+    events = []
+    unsubscribe = engine.subscribe(events.append)
+    try:
+        engine.run(_job(tiny_pipeline, width=48), timeout=60)
+    finally:
+        unsubscribe()
+    loaded = engine.models.peek(engine.models.keys()[-1])
+    assert isinstance(loaded.previewer, TinyDecoderPreview)
+    previews = [e.preview for e in events if isinstance(e, Progress) and e.preview is not None]
+    assert previews and all(p.shape == (32, 48, 3) for p in previews)
+    engine.options["preview_decoder"] = str(tmp_path / "missing")
+    engine.run(_job(tiny_pipeline), timeout=60)
+    assert isinstance(loaded.previewer, LinearPreview)
+
+
+def _bundled(name):
+    from studio.paths import models_dir
+
+    return models_dir() / name
+
+
+@pytest.mark.skipif(
+    not (_bundled("shapes-diffusion") / "model_index.json").is_file(),
+    reason="the bundled shapes-diffusion model is not in models/",
+)
+def test_the_bundled_model_generates_by_name(engine):
+    job = TextToImage(prompt="a red circle", steps=2, seed=1, width=64, height=64)
+    result = engine.run(job, timeout=120)
+    assert result.images[0].size == (64, 64)
+    params = parse_parameters(read_png_text(result.paths[0])["parameters"])
+    assert params["Model"] == "shapes-diffusion"

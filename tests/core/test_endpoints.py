@@ -89,16 +89,21 @@ def test_streams_without_done_marker_and_whole_json_answers(server):
 @pytest.mark.parametrize("run", [_sync, _async], ids=["sync", "async"])
 def test_stop_keeps_the_text_so_far(server, run):
     pieces_seen = []
-
-    def stop():
-        return len(pieces_seen) >= 3
-
     endpoint = _endpoint(server, "slow")
     if run is _sync:
-        result = stream_chat(endpoint, "", MESSAGES, Decoding(), pieces_seen.append, should_stop=stop)
+        result = stream_chat(
+            endpoint, "", MESSAGES, Decoding(), pieces_seen.append, should_stop=lambda: len(pieces_seen) >= 3
+        )
     else:
         async def go():
-            return await astream_chat(endpoint, "", MESSAGES, Decoding(), pieces_seen.append, should_stop=stop)
+            stop = asyncio.Event()
+
+            def on_token(piece):
+                pieces_seen.append(piece)
+                if len(pieces_seen) == 3:
+                    stop.set()
+
+            return await astream_chat(endpoint, "", MESSAGES, Decoding(), on_token, stop=stop)
 
         result = asyncio.run(go())
     assert result.stopped and result.finish_reason == "stopped"

@@ -8,8 +8,6 @@ from studio.core.errors import UserError
 from studio.core.jobs import Cancelled, Failed, Finished, Progress, Started
 
 
-
-
 @pytest.fixture
 def engine():
     e = Engine(device="cpu")

@@ -208,3 +208,21 @@ def test_interactive_lane_drops_stale_requests(engine):
     assert all(isinstance(h.wait(5), Cancelled) for h in middle)
     assert ran == ["first", "last"]
     assert isinstance(engine.submit(Slow(fn=slow("alone"))).wait(5), Finished)
+
+
+def test_cli_sample_gan_grid_and_seeds(gan, tmp_path, capsys):
+    from PIL import Image
+
+    from studio.cli import main
+    from studio.cli.latent import parse_seeds
+
+    assert parse_seeds("0-3,10") == (0, 1, 2, 3, 10)
+    with pytest.raises(UserError):
+        parse_seeds("5-1")
+    out = tmp_path / "grid.png"
+    assert main(["sample-gan", "--model", gan, "--seeds", "0-15", "--truncation", "0.7", "-o", str(out)]) == 0
+    assert Image.open(out).size == (64, 64)
+    assert main(["sample-gan", "--model", gan, "--seeds", "0-5", "--columns", "6", "-o", str(tmp_path / "row.png")]) == 0
+    assert Image.open(tmp_path / "row.png").size == (96, 16)
+    assert main(["sample-gan", "--model", gan, "--seeds", "x", "-o", str(out)]) == 1
+    assert "Cannot read seeds" in capsys.readouterr().err

@@ -19,7 +19,10 @@ def _write(path, data):
 @pytest.fixture
 def model_tree(tmp_path, monkeypatch):
     bundled = tmp_path / "bundled"
-    _write(bundled / "shapes-diffusion", {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30"})
+    _write(
+        bundled / "shapes-diffusion",
+        {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.30"},
+    )
     _write(bundled / "prompt-writer", {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2"})
     _write(bundled / "shapes-vae", {"_class_name": "AutoencoderKL"})
     _write(bundled / "shapes-vae-2d", {"architecture": "vae2d", "latent_dim": 2})
@@ -61,22 +64,28 @@ def test_hf_cache_snapshots_are_listed(model_tree, tmp_path):
     assert resolve_model("org/tiny-sd", "diffusers-pipeline") == snap
 
 
-def test_torchscript_files_are_told_from_plain_pickles(tmp_path):
+def test_torchscript_files_are_told_from_plain_pickles(tmp_path, monkeypatch):
     import torch
+
+    monkeypatch.setenv("LATENT_STUDIO_MODELS", str(tmp_path / "no-bundled-models"))
 
     scripted = torch.jit.script(torch.nn.Linear(2, 3))
     torch.jit.save(scripted, str(tmp_path / "gen.pt"))
     torch.save({"w": torch.zeros(2)}, tmp_path / "state.pt")
     assert classify(tmp_path / "gen.pt") == "torchscript-gan"
     assert classify(tmp_path / "state.pt") is None
-    assert [e.name for e in discover(Settings(model_folders=[str(tmp_path)], scan_hf_cache=False))] == ["gen"]
+    assert [
+        e.name for e in discover(Settings(model_folders=[str(tmp_path)], scan_hf_cache=False))
+    ] == ["gen"]
 
 
 def test_resolve_by_name_path_or_a_clear_error(model_tree, tmp_path):
     bundled, _ = model_tree
     assert resolve_model("shapes-gan", "gan") == bundled / "shapes-gan"
     assert resolve_model(str(tmp_path), "gan") == tmp_path
-    with pytest.raises(UserError, match="No diffusers-pipeline model named 'nope'.*shapes-diffusion"):
+    with pytest.raises(
+        UserError, match="No diffusers-pipeline model named 'nope'.*shapes-diffusion"
+    ):
         resolve_model("nope", "diffusers-pipeline")
     (bundled / "shapes-diffusion" / "model_index.json").unlink()
     with pytest.raises(UserError, match="bundled .* 'shapes-diffusion' is missing"):

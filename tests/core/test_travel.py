@@ -68,3 +68,20 @@ def test_travel_cancel_and_bad_input(engine, tiny_pipeline):
     with pytest.raises(UserError, match="multiples? of 8"):
         engine.run(_seed(tiny_pipeline, width=36))
     assert len(engine.run(_seed(tiny_pipeline, frames=2, steps=1))) == 2
+
+
+def test_cli_travel_gif_frame_count(tiny_pipeline, tmp_path, capsys):
+    from PIL import Image
+
+    from studio.cli import main
+
+    out = tmp_path / "travel.gif"
+    args = ["travel", "--model", str(tiny_pipeline), "--frames", "4", "--steps", "1", "--width", "32", "--height", "32", "--device", "cpu"]
+    assert main([*args, "--prompt", "a red circle", "--seed-a", "1", "--seed-b", "2", "-o", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.size == (32, 32)
+    assert "4 frames of 32×32" in capsys.readouterr().out
+    assert main([*args, "--prompt-a", "a red circle", "--prompt-b", "a blue square", "-o", str(tmp_path / "p.png")]) == 0
+    assert Image.open(tmp_path / "p.png").size == (4 * 32, 32)
+    assert main([*args, "--prompt-a", "only one", "-o", str(out)]) == 1
+    assert "both --prompt-a and --prompt-b" in capsys.readouterr().err

@@ -181,3 +181,20 @@ def test_bad_vae_inputs_are_clear_and_the_engine_lives_on(engine, models, tmp_pa
     with pytest.raises(UserError, match="not a VAE"):
         engine.run(VaePriorGrid(model=str(tmp_path)))
     assert len(engine.run(VaePriorGrid(model=models["2d"], count=2))) == 2
+
+
+def test_cli_interpolate_strip_and_gif(models, tmp_path, capsys):
+    from studio.cli import main
+
+    a, b = str(models["images"]["a"]), str(models["images"]["b"])
+    assert main(["interpolate", "--vae", models["2d"], a, b, "--steps", "16", "--mode", "slerp", "-o", str(tmp_path / "strip.png")]) == 0
+    assert Image.open(tmp_path / "strip.png").size == (16 * 16, 16)
+    assert main(["interpolate", "--vae", models["kl"], a, "prior:3", "--steps", "5", "--scale", "2", "-o", str(tmp_path / "walk.webp")]) == 0
+    with Image.open(tmp_path / "walk.webp") as im:
+        assert im.size == (32, 32) and im.n_frames <= 5
+    assert "5 frames of 32×32" in capsys.readouterr().out
+    d = models["root"] / "images"
+    assert main(["interpolate", "--vae", models["2d"], str(d / "notes.png"), b, "-o", str(tmp_path / "x.png")]) == 1
+    assert "not an image" in capsys.readouterr().err
+    assert main(["interpolate", "--vae", models["2d"], a, b, "-o", str(tmp_path / "x.bmp")]) == 1
+    assert ".gif" in capsys.readouterr().err

@@ -1,6 +1,8 @@
+import time
+
 import pytest
 
-from studio.core.engine import Engine
+from studio.core.engine import Engine, run_on_thread
 from studio.core.settings import Settings
 from studio.ui.bridge import Bridge
 
@@ -13,18 +15,36 @@ def settings(tmp_path, monkeypatch):
     return Settings(outputs_dir=str(tmp_path / "outputs"), scan_hf_cache=False, device="cpu")
 
 
-@pytest.fixture
-def engine(settings):
-    engine = Engine(device="cpu", options=settings.engine_options())
+@pytest.fixture(scope="session")
+def _engine():
+    # One inference thread for the whole run, as in the app: pipelines load once.
+    engine = Engine(device="cpu")
+    engine.start()
+    assert engine.wait_ready(120)
+    # The CPU is shared (with other tests, with training): one torch thread makes a
+    # tiny model's step take milliseconds instead of waiting on busy cores.
+    run_on_thread(engine, lambda ctx: __import__("torch").set_num_threads(1))
     yield engine
     engine.stop()
 
 
 @pytest.fixture
+def engine(_engine, settings):
+    _engine.options.clear()
+    _engine.options.update(settings.engine_options())
+    yield _engine
+    # Leave the thread idle for the next test.
+    _engine.clear_queue()
+    _engine.cancel_running()
+    deadline = time.monotonic() + 30
+    while _engine.running_job is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+@pytest.fixture
 def bridge(qtbot, engine):
     bridge = Bridge(engine)
-    with qtbot.waitSignal(bridge.engineReady, timeout=60000):
-        engine.start()
+    qtbot.waitUntil(lambda: bridge.ready, timeout=10000)
     yield bridge
     bridge.close()
 

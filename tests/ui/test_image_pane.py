@@ -54,9 +54,9 @@ def test_generate_previews_every_step_shows_and_saves_the_image(qtbot, pane, set
 
 
 def test_ctrl_enter_generates(qtbot, pane):
-    pane.show()
-    pane.activateWindow()
-    qtbot.waitActive(pane)
+    with qtbot.waitActive(pane):
+        pane.show()
+        pane.activateWindow()
     pane.prompt_edit.setFocus()
     with qtbot.waitSignal(pane.bridge.started, timeout=10000, check_params_cb=lambda jid, job: jid in pane.jobs):
         qtbot.keyClick(pane.prompt_edit, Qt.Key.Key_Return, Qt.KeyboardModifier.ControlModifier)
@@ -88,12 +88,14 @@ def test_bad_input_is_shown_in_the_pane_and_nothing_is_queued(qtbot, pane):
 
 
 def test_a_failing_job_shows_its_message_and_the_next_one_works(qtbot, pane):
-    pane.width_box.setValue(8)  # smaller than the model can make
+    pane.model_box.addItem("gone", "no-such-model")
+    pane.model_box.setCurrentIndex(pane.model_box.count() - 1)
     with qtbot.waitSignal(pane.errorShown, timeout=60000) as blocker:
         pane.generate()
-    assert "width" in blocker.args[0].lower()
+    assert "no-such-model" in blocker.args[0]
     assert pane.error_text() == blocker.args[0]
-    pane.width_box.setValue(64)
+    assert "Failed" in pane.caption.text()
+    pane.model_box.setCurrentIndex(0)
     with qtbot.waitSignal(pane.imagesShown, timeout=60000):
         pane.generate()
     assert pane.error_text() == ""

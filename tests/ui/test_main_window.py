@@ -10,7 +10,8 @@ from PySide6.QtWidgets import QApplication, QWidget
 
 from studio.core.engine import CallJob
 from studio.core.settings import load_settings
-from studio.ui.main_window import MainWindow, PaneError, format_eta
+from studio.ui.main_window import PaneError, format_eta
+from studio.ui.panes import PANES
 
 A1111_PARAMETERS = (
     "masterpiece, a red circle on a blue background, (detailed:1.2)\n"
@@ -34,13 +35,9 @@ def _gated(gate, steps=3, step_s=0.0):
 def test_status_bar_shows_the_device_and_every_pane_is_there(make_window):
     window = make_window()
     assert window.device_label.text() == "CPU"
-    assert [window.tabs.tabText(i) for i in range(window.tabs.count())] == [
-        "Prompt",
-        "Image",
-        "VAE",
-        "GAN",
-        "Gallery",
-    ]
+    titles = [window.tabs.tabText(i) for i in range(window.tabs.count())]
+    assert titles == [title for title, _ in PANES]
+    assert {"Prompt", "Image", "VAE", "GAN", "Gallery"} <= set(titles)
     assert not any(isinstance(p, PaneError) for p in window.panes.values())
 
 
@@ -65,15 +62,17 @@ def test_status_bar_follows_the_running_job_and_cancel_stops_it(qtbot, make_wind
 
 def test_escape_cancels_the_running_job(qtbot, make_window, bridge):
     window = make_window()
-    window.show()
-    qtbot.waitExposed(window)
+    with qtbot.waitActive(window):
+        window.show()
+        window.activateWindow()
+    window.image_pane.prompt_edit.setFocus()
     gate = threading.Event()
     gate.set()
     job = CallJob(fn=_gated(gate, steps=100000, step_s=0.001))
     with qtbot.waitSignal(bridge.started, timeout=10000, check_params_cb=lambda jid, j: jid == job.job_id):
         bridge.submit(job)
     with qtbot.waitSignal(bridge.cancelled, timeout=10000, check_params_cb=lambda jid: jid == job.job_id):
-        window.cancel_shortcut.activated.emit()
+        qtbot.keyClick(window.image_pane.prompt_edit, Qt.Key.Key_Escape)
 
 
 def test_queue_lists_pending_jobs_and_removes_one(qtbot, make_window, bridge):
@@ -108,8 +107,8 @@ def test_queue_lists_pending_jobs_and_removes_one(qtbot, make_window, bridge):
 def test_geometry_pane_and_dock_are_restored_on_restart(qtbot, make_window, bridge, settings, tmp_path):
     path = tmp_path / "config" / "settings.json"
     window = make_window(settings_path=path)
-    window.show()
-    qtbot.waitExposed(window)
+    with qtbot.waitExposed(window):
+        window.show()
     window.queue_dock.hide()
     window.show_pane("Gallery")
     window.resize(760, 520)
@@ -119,10 +118,10 @@ def test_geometry_pane_and_dock_are_restored_on_restart(qtbot, make_window, brid
     restored = load_settings(path)
     assert restored.current_pane == "Gallery"
     again = make_window(settings_obj=restored, settings_path=path)
-    again.show()
-    qtbot.waitExposed(again)
+    with qtbot.waitExposed(again):
+        again.show()
     assert (again.width(), again.height()) == (760, 520)
-    assert again.tabs.tabText(again.tabs.currentIndex()) == "Gallery"
+    assert again.current_pane() is again.panes["Gallery"]
     assert again.queue_dock.isHidden()
 
 
@@ -160,7 +159,7 @@ def test_dropping_an_a1111_png_restores_its_parameters(qtbot, make_window, tmp_p
     assert (image.width_box.value(), image.height_box.value()) == (512, 768)
     assert image.seed.mode == "fixed" and image.seed.next_seed() == 1234567
     assert image.scheduler_box.currentData() == "dpmpp_2m"
-    assert window.tabs.currentWidget() is image
+    assert window.current_pane() is image
 
 
 def test_dropping_our_png_restores_the_exact_request(qtbot, make_window, tmp_path):
@@ -223,7 +222,7 @@ def test_a_pane_that_fails_to_load_shows_why_and_send_prompt_reaches_the_image_p
     window.show_pane("Writer")
     window.panes["Writer"].sendPrompt.emit("a blue triangle")
     assert window.image_pane.prompt_edit.toPlainText() == "a blue triangle"
-    assert window.tabs.currentWidget() is window.image_pane
+    assert window.current_pane() is window.image_pane
 
 
 def test_format_eta():

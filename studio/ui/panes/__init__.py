@@ -8,5 +8,6 @@ PANES: list[tuple[str, str]] = [
     ("Image", "studio.ui.panes.image:ImagePane"),
     ("VAE", "studio.ui.panes.vae:VaePane"),
     ("GAN", "studio.ui.panes.gan:GanPane"),
+    ("Travel", "studio.ui.panes.travel:TravelPane"),
     ("Gallery", "studio.ui.panes.gallery:GalleryPane"),
 ]
