@@ -63,12 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     _offline_environment()
     args, qt_args = parse_args(list(sys.argv[1:] if argv is None else argv))
 
-    try:
-        from studio import crash
-    except ImportError:
-        crash = None
-    if crash is not None:
-        crash.install()
+    from studio import crash
+
+    crash.install()
 
     if args.smoke and not os.environ.get("QT_QPA_PLATFORM") and not (
         os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
@@ -86,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     app.setApplicationName("Latent Studio")
     app.setOrganizationName("Latent Studio")
     app.setDesktopFileName("latent-studio")
+    # Again, now that Qt runs: crashes on other threads can then show their dialog too.
+    crash.install()
 
     from studio.core.settings import load_settings
     from studio.paths import assets_dir
@@ -97,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device:
         settings.device = args.device
     apply_theme(app, settings.theme)
+    if not crash.startup_checks(interactive=not args.smoke):
+        return 1
     icon = QIcon()
     for size in (16, 24, 32, 48, 64, 128, 256, 512):
         path = assets_dir() / f"latent-studio-{size}.png"

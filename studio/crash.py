@@ -306,17 +306,24 @@ def check_environment(app_name: str = "latent-studio", models: Path | None = Non
         "cache": platformdirs.user_cache_dir(app_name, appauthor=False),
         "log": platformdirs.user_log_dir(app_name, appauthor=False),
     }
+    unwritable = []
     for label, folder in folders.items():
         reason = _writable(Path(folder))
         if reason:
-            problems.append(
-                Problem(
-                    f"Cannot write to the {label} folder {folder} ({reason}). "
-                    f"{APP_TITLE} keeps its settings, gallery and logs in your home folder "
-                    f"(HOME={home}); make sure it exists and is writable.",
-                    fatal=True,
-                )
+            unwritable.append((label, folder, reason))
+    if unwritable:
+        labels = [label for label, _, _ in unwritable]
+        names = labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
+        lines = "\n".join(f"  {folder} ({reason})" for _, folder, reason in unwritable)
+        plural = "folder" if len(labels) == 1 else "folders"
+        problems.append(
+            Problem(
+                f"Cannot write to the {names} {plural}:\n{lines}\n"
+                f"{APP_TITLE} keeps its settings, gallery and logs in your home folder "
+                f"(HOME={home}); make sure it exists and is writable.",
+                fatal=True,
             )
+        )
     if models is None:
         from studio.paths import models_dir
 

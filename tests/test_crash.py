@@ -139,7 +139,7 @@ def test_unwritable_home_is_fatal_and_explained(
     assert str(blocker / "config" / "ls-test") in problems[0].message
     assert crash.startup_checks("ls-test", models=models, interactive=False) is False
     err = capsys.readouterr().err
-    assert "error: Cannot write to the settings folder" in err
+    assert "error: Cannot write to the settings folder:" in err
 
 
 def test_missing_models_folder_is_a_warning(user_dirs: Path, tmp_path: Path, capsys) -> None:
@@ -205,3 +205,18 @@ def test_startup_dialog_lists_problems(user_dirs: Path, tmp_path: Path, qapp, mo
 
 def test_offscreen_never_blocks_on_a_dialog(qapp) -> None:
     assert crash.dialogs_possible() is False
+
+
+def test_all_unwritable_folders_in_one_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocker = tmp_path / "home-is-a-file"
+    blocker.write_text("")
+    for var in ("HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
+        monkeypatch.setenv(var, str(blocker / var.lower()))
+    models = tmp_path / "models"
+    (models / "m").mkdir(parents=True)
+    (problem,) = crash.check_environment("ls-test", models)
+    assert problem.fatal
+    assert problem.message.startswith("Cannot write to the settings, data, cache and log folders:")
+    assert problem.message.count("Not a directory") == 4

@@ -39,10 +39,6 @@ _SCHEDULER_CLASSES = {
         "DPMSolverMultistepScheduler",
         {"algorithm_type": "dpmsolver++", "solver_order": 2},
     ),
-    "dpmpp_2m_karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-    ),
     "lcm": ("LCMScheduler", {}),
 }
 

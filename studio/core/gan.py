@@ -254,6 +254,21 @@ def cached_generator(ctx: Any, model: str, z_dim: int = 0) -> Generator:
     )
 
 
+def _scoped(handler: Any) -> Any:
+    """Run a handler with its generator's thread count for all of its torch work."""
+    import functools
+
+    @functools.wraps(handler)
+    def run(job: Any, ctx: Any) -> Any:
+        from studio.core.latent import torch_threads
+
+        gen = cached_generator(ctx, job.model, job.z_dim)
+        with torch_threads(gen.threads):
+            return handler(job, ctx)
+
+    return run
+
+
 # ---- latents --------------------------------------------------------------------------------
 
 
@@ -412,6 +427,7 @@ class GanFrame:
     request: Any = None
 
 
+@_scoped
 def run_sample(job: Any, ctx: Any) -> Frames:
     gen = cached_generator(ctx, job.model, job.z_dim)
     if not job.seeds:
@@ -421,6 +437,7 @@ def run_sample(job: Any, ctx: Any) -> Frames:
     return Frames(tuple(frames), params, gen.notices, job, tuple(str(s) for s in job.seeds))
 
 
+@_scoped
 def run_edit(job: Any, ctx: Any) -> GanFrame:
     import torch
 
@@ -438,6 +455,7 @@ def run_edit(job: Any, ctx: Any) -> GanFrame:
     return GanFrame(image, job.seed, job.truncation, tuple(job.amounts), job)
 
 
+@_scoped
 def run_interpolate(job: Any, ctx: Any) -> Frames:
     from studio.core.latent import interpolate, truncate
 
@@ -454,6 +472,7 @@ def run_interpolate(job: Any, ctx: Any) -> Frames:
     return Frames(tuple(frames), params, (), job)
 
 
+@_scoped
 def run_walk(job: Any, ctx: Any) -> Frames:
     from studio.core.latent import loop_path, truncate, walk_keypoints
 
@@ -466,6 +485,7 @@ def run_walk(job: Any, ctx: Any) -> Frames:
     return Frames(tuple(frames), params, (), job)
 
 
+@_scoped
 def run_directions(job: Any, ctx: Any) -> DirectionSet:
     gen = cached_generator(ctx, job.model, job.z_dim)
     return compute_directions(gen, job.source, job.count, job.samples, job.seed, ctx)

@@ -196,6 +196,7 @@ class VaeScrub(Job):
 @dataclass(frozen=True, kw_only=True)
 class VaePriorGrid(Job):
     handler: ClassVar[str] = "studio.core.vae:run_prior_grid"
+    lane: ClassVar[str] = "vae-prior"
     model: str = "shapes-vae"
     seed: int = 0
     count: int = 16
@@ -214,7 +215,7 @@ class VaeLatentMap(Job):
     model: str = "shapes-vae-2d"
     images: tuple[str, ...] = ()
     grid: int = 12
-    extent: float = 3.0
+    extent: float = 0.0  # 2-D map half-width; 0: the model's latent range (else ±3)
 
     @property
     def title(self) -> str:

@@ -79,6 +79,13 @@ def resolve_llm_path(model: str, options: dict[str, Any] | None = None) -> Path:
     candidate = Path(model).expanduser()
     if candidate.exists():
         return candidate
+    from studio.paths import models_dir
+
+    # A bundled name resolves without scanning every folder and the HF cache,
+    # which would otherwise be paid again before every reply.
+    bundled = models_dir() / model
+    if "/" not in model and (bundled / "config.json").is_file():
+        return bundled
     from studio.core.registry import resolve_model
     from studio.core.settings import Settings
 

@@ -38,7 +38,6 @@ SAMPLER_NAMES: dict[str, str] = {
     "euler": "Euler",
     "euler_a": "Euler a",
     "dpmpp_2m": "DPM++ 2M",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
     "lcm": "LCM",
 }
 # Spellings other tools (and older A1111 versions) write for the same samplers.
@@ -48,13 +47,12 @@ _SAMPLER_ALIASES = {
     "k_euler": "euler",
     "k_euler_a": "euler_a",
     "k_euler_ancestral": "euler_a",
+    # DPM++ 2M with Karras sigmas restores as plain DPM++ 2M, the nearest we run.
+    "dpm++ 2m karras": "dpmpp_2m",
+    "dpmpp_2m_karras": "dpmpp_2m",
     "dpm++ 2m sde": "dpmpp_2m",
     "plms": "ddim",
 }
-
-
-# A1111 1.9+ writes the sigma schedule apart: "Sampler: DPM++ 2M, Schedule type: Karras".
-_KARRAS = {"dpmpp_2m_karras": "dpmpp_2m"}
 
 
 def sampler_name(key: str) -> str:
@@ -94,11 +92,9 @@ def format_parameters(
 ) -> str:
     """The A1111 infotext for a TextToImage request (or its `to_dict()`)."""
     data = request if isinstance(request, Mapping) else request.to_dict()
-    scheduler = str(data["scheduler"])
     params: dict[str, Any] = {
         "Steps": int(data["steps"]),
-        "Sampler": sampler_name(_KARRAS.get(scheduler, scheduler)),
-        "Schedule type": "Karras" if scheduler in _KARRAS else None,
+        "Sampler": sampler_name(str(data["scheduler"])),
         "CFG scale": _format_number(data["guidance_scale"]),
         "Seed": int(data["seed"]),
         "Size": f"{int(data['width'])}x{int(data['height'])}",
@@ -263,8 +259,6 @@ def parameters_to_request(params: Mapping[str, Any]) -> dict[str, Any]:
     sampler = params.get("Sampler")
     if sampler:
         key = sampler_key(str(sampler))
-        if str(params.get("Schedule type", "")).lower() == "karras":
-            key = {base: karras for karras, base in _KARRAS.items()}.get(key, key)
         if key is not None:
             kwargs["scheduler"] = key
     if params.get("Model"):

@@ -41,6 +41,9 @@ class LatentVae:
     # raw latents are scaled to unit variance only by that factor.
     prior_scale: float = 1.0
     threads: int | None = None  # intra-op threads for this model (see latent.threads_for)
+    # Where the training data's encodings lie, per latent dimension, when the model
+    # says (config "latent_range"): the 2-D map shows that box by default.
+    latent_range: tuple[tuple[float, float], ...] = ()
     _encoded: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def encode(self, images: Any) -> Any:
@@ -202,7 +205,11 @@ def _load_vae2d(folder: Path, device: str) -> LatentVae:
         except Exception as exc:
             raise UserError(f"The 2-D VAE in {folder} fails on a {size}×{size} image: {_first_line(exc)}") from None
     latent_shape = tuple(mu.shape[1:]) or (latent_dim,)
-    return LatentVae(folder.name, "vae-2d", module, size, latent_shape, device, unit_range=unit)
+    vae = LatentVae(folder.name, "vae-2d", module, size, latent_shape, device, unit_range=unit)
+    box = config.get("latent_range")
+    if isinstance(box, list) and all(isinstance(r, list) and len(r) == 2 for r in box):
+        vae.latent_range = tuple((float(r[0]), float(r[1])) for r in box)
+    return vae
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
@@ -230,6 +237,20 @@ def _mismatch_summary(exc: BaseException) -> str:
 def cached_vae(ctx: Any, model: str) -> LatentVae:
     path = model_path(model)
     return ctx.models.get(f"vae:{path.resolve()}", lambda: load_vae(str(path), ctx.device), group="vae")
+
+
+def _scoped(handler: Any) -> Any:
+    """Run a handler with its VAE's thread count for all of its torch work."""
+    import functools
+
+    @functools.wraps(handler)
+    def run(job: Any, ctx: Any) -> Any:
+        from studio.core.latent import torch_threads
+
+        with torch_threads(cached_vae(ctx, job.model).threads):
+            return handler(job, ctx)
+
+    return run
 
 
 # ---- images in ---------------------------------------------------------------------
@@ -336,6 +357,7 @@ def _endpoints(vae: LatentVae, a: str, b: str) -> tuple[Any, Any, tuple[str, ...
     return za, zb, na + nb
 
 
+@_scoped
 def run_interpolate(job: Any, ctx: Any) -> Frames:
     from studio.core.latent import interpolate
 
@@ -352,6 +374,7 @@ def run_interpolate(job: Any, ctx: Any) -> Frames:
     return Frames(tuple(frames), params, notices, job, tuple(f"t={t:.2f}" for t in ts))
 
 
+@_scoped
 def run_scrub(job: Any, ctx: Any) -> Frame:
     from studio.core.latent import blend
 
@@ -363,6 +386,7 @@ def run_scrub(job: Any, ctx: Any) -> Frame:
     return Frame(image, {"a": job.a, "b": job.b, "t": t, "mode": job.mode}, notices, job)
 
 
+@_scoped
 def run_prior_grid(job: Any, ctx: Any) -> Frames:
     import torch
 
@@ -399,6 +423,7 @@ def _is_2d(vae: LatentVae) -> bool:
     return math.prod(vae.latent_shape) == 2
 
 
+@_scoped
 def run_latent_map(job: Any, ctx: Any) -> LatentMap:
     from studio.core.export import grid as tile_grid
     from studio.core.latent import grid_coords, plane_extent
@@ -413,7 +438,7 @@ def run_latent_map(job: Any, ctx: Any) -> LatentMap:
             z, n = vae.endpoint(src)
             notices += n
             markers.append((float(z.flatten()[0]), float(z.flatten()[1]), _label(src)))
-        extent = (-job.extent, job.extent, -job.extent, job.extent)
+        extent = _map_extent(vae, job.extent)
         coords = grid_coords(job.grid, extent)
         latents = coords.reshape(-1, *vae.latent_shape)
     else:
@@ -433,6 +458,19 @@ def run_latent_map(job: Any, ctx: Any) -> LatentMap:
     return LatentMap(mosaic, job.grid, vae.image_size, extent, tuple(markers), _is_2d(vae), notices, job)
 
 
+def _map_extent(vae: LatentVae, half_width: float) -> tuple[float, float, float, float]:
+    """The 2-D map's box: ±half_width, or (half_width <= 0) the model's latent range
+    padded by a tenth, else ±3 standard deviations of the prior."""
+    if half_width > 0:
+        return (-half_width, half_width, -half_width, half_width)
+    if len(vae.latent_range) == 2:
+        (x0, x1), (y0, y1) = vae.latent_range
+        px, py = (x1 - x0) * 0.1, (y1 - y0) * 0.1
+        return (x0 - px, x1 + px, y0 - py, y1 + py)
+    return (-3.0, 3.0, -3.0, 3.0)
+
+
+@_scoped
 def run_decode_point(job: Any, ctx: Any) -> Frame:
     import torch
 
@@ -447,6 +485,7 @@ def run_decode_point(job: Any, ctx: Any) -> Frame:
     return Frame(image, {"x": job.x, "y": job.y, "images": list(job.images)}, notices, job)
 
 
+@_scoped
 def run_reconstruct(job: Any, ctx: Any) -> Reconstruction:
     vae = cached_vae(ctx, job.model)
     pixels, notices = load_image(job.image, vae.image_size)

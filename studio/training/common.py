@@ -155,6 +155,26 @@ def has_checkpoint(out: Path | str) -> bool:
     return (out / CHECKPOINT_DIR).is_dir() or (out / (CHECKPOINT_DIR + ".old")).is_dir()
 
 
+def read_checkpoint_state(out: Path | str) -> dict[str, Any]:
+    """The JSON state of the checkpoint in ``out`` (step, extra, ...), without loading weights.
+
+    Raises ``TrainError`` naming the file when it is missing or unreadable.
+    """
+    out = Path(out)
+    folder = out / CHECKPOINT_DIR
+    if not folder.is_dir() and (out / (CHECKPOINT_DIR + ".old")).is_dir():
+        folder = out / (CHECKPOINT_DIR + ".old")
+    state_file = folder / _STATE
+    if not folder.is_dir():
+        raise TrainError(f"--resume: no checkpoint in {out}")
+    try:
+        state = json.loads(state_file.read_text())
+        int(state["step"])
+        return state
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise TrainError(f"corrupt checkpoint file {state_file}: {exc}") from None
+
+
 def load_checkpoint(
     out: Path | str,
     modules: Mapping[str, Any],

@@ -32,8 +32,8 @@ from studio.training.common import (
     CHECKPOINT_DIR,
     Progress,
     TrainError,
-    has_checkpoint,
     load_checkpoint,
+    read_checkpoint_state,
     save_checkpoint,
     write_json,
 )
@@ -411,10 +411,7 @@ def train(args: argparse.Namespace) -> None:
     }
     phase, start = "vae", 0
     if args.resume:
-        if not has_checkpoint(out):
-            raise TrainError(f"--resume: no checkpoint in {out}")
-        saved = json.loads((out / CHECKPOINT_DIR / "state.json").read_text()) \
-            if (out / CHECKPOINT_DIR / "state.json").is_file() else {}
+        saved = read_checkpoint_state(out)
         extra = saved.get("extra", {})
         phase = extra.get("phase", "vae")
         start = int(saved.get("step", 0))

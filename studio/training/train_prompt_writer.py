@@ -96,6 +96,9 @@ class Want:
             if a and b and a != b:
                 return None
             setattr(out, key, a or b)
+        if out.colour is not None and out.background is not None and not any(
+                c != b for c in out.colour for b in out.background):
+            return None  # the object's colour must differ from the background
         return out
 
 

@@ -8,13 +8,22 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QByteArray, QEvent, QObject, Qt, QUrl, Signal
-from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence, QShortcut
+from PySide6.QtCore import QByteArray, QEvent, QObject, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QDesktopServices,
+    QDragEnterEvent,
+    QDragMoveEvent,
+    QDropEvent,
+    QKeySequence,
+    QShortcut,
+    QShowEvent,
+)
 from PySide6.QtWidgets import (
-    QApplication,
     QDockWidget,
-    QFrame,
     QFileDialog,
+    QFrame,
     QLabel,
     QMainWindow,
     QMessageBox,
@@ -34,6 +43,7 @@ from studio.ui.panes import PANES
 from studio.ui.widgets.job_list import JobList
 
 IMAGE_SUFFIXES = (".png",)
+_DRAG_EVENTS = (QEvent.Type.DragEnter, QEvent.Type.DragMove, QEvent.Type.Drop)
 
 
 def format_eta(seconds: float) -> str:
@@ -101,21 +111,27 @@ class MainWindow(QMainWindow):
         # ---- panes ------------------------------------------------------------
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
+        # Panes are built once the window's first frame is on screen, one per
+        # event-loop turn (the visible one first), so the window appears without
+        # waiting on them; anything that needs a pane earlier builds it on demand.
         self.panes: dict[str, QWidget] = {}
-        for title, spec in PANES:
-            pane = load_pane(title, spec, bridge, settings)
-            pane.setObjectName(f"pane{title}")
-            self.panes[title] = pane
+        self._specs: dict[str, str] = dict(PANES)
+        self._holders: dict[str, QScrollArea] = {}
+        for title, _ in PANES:
             # A pane larger than the window scrolls instead of forcing the window's
             # minimum size up to the largest pane's (laptop screens stay usable).
             holder = QScrollArea()
             holder.setObjectName(f"holder{title}")
             holder.setWidgetResizable(True)
             holder.setFrameShape(QFrame.Shape.NoFrame)
-            holder.setWidget(pane)
+            self._holders[title] = holder
             self.tabs.addTab(holder, title)
         self.setCentralWidget(self.tabs)
-        self._connect_panes()
+        self._panes_started = False
+        self.tabs.currentChanged.connect(self._tab_changed)
+        self._build_timer = QTimer(self)
+        self._build_timer.setInterval(0)
+        self._build_timer.timeout.connect(self._build_next_pane)
 
         # ---- queue dock ---------------------------------------------------------
         self.job_list = JobList(bridge)
@@ -166,49 +182,88 @@ class MainWindow(QMainWindow):
         self.cancel_shortcut.setContext(Qt.ShortcutContext.WindowShortcut)
         self.cancel_shortcut.activated.connect(self.cancel_running)
 
-        # Drops land on whichever child is under the cursor (a text box takes
-        # URLs as text), so PNG drops are caught for the whole window here.
+        # PNG drops anywhere in the window restore their parameters: the window
+        # takes them where no child accepts drops, and a filter on each child that
+        # does (a text box would paste the file's URL) takes them there first.
         self.setAcceptDrops(True)
-        app = QApplication.instance()
-        if app is not None:
-            app.installEventFilter(self)
         self._restore_window_state()
 
     # ---- panes --------------------------------------------------------------------
 
+    def pane(self, title: str) -> QWidget | None:
+        """The pane titled `title`, built now if it was not yet."""
+        built = self.panes.get(title)
+        if built is not None or title not in self._specs:
+            return built
+        pane = load_pane(title, self._specs[title], self.bridge, self.settings)
+        pane.setObjectName(f"pane{title}")
+        self.panes[title] = pane
+        self._holders[title].setWidget(pane)
+        self._connect_pane(title, pane)
+        self._watch_drops(pane)
+        return pane
+
+    def _watch_drops(self, root: QWidget) -> None:
+        for child in [root, *root.findChildren(QWidget)]:
+            if child.acceptDrops():
+                child.installEventFilter(self)
+
+    def build_all_panes(self) -> None:
+        for title in self._specs:
+            self.pane(title)
+
+    def _build_next_pane(self) -> None:
+        current = self.tabs.tabText(self.tabs.currentIndex())
+        for title in [current, "Image", *self._specs]:
+            if title in self._specs and title not in self.panes:
+                self.pane(title)
+                return
+        self._build_timer.stop()
+
+    def _tab_changed(self, index: int) -> None:
+        if self._panes_started:
+            self.pane(self.tabs.tabText(index))
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        if not self._panes_started:
+            self._panes_started = True
+            # Not in the event-loop turn that paints the first frame.
+            QTimer.singleShot(30, self._build_timer.start)
+
     @property
     def image_pane(self) -> QWidget | None:
-        pane = self.panes.get("Image")
+        pane = self.pane("Image")
         return None if isinstance(pane, PaneError) else pane
 
     def show_pane(self, title: str) -> None:
+        if self._select_tab(title):
+            self.pane(title)
+
+    def _select_tab(self, title: str) -> bool:
         for index in range(self.tabs.count()):
             if self.tabs.tabText(index) == title:
                 self.tabs.setCurrentIndex(index)
-                return
+                return True
+        return False
 
     def current_pane(self) -> QWidget | None:
-        return self.panes.get(self.tabs.tabText(self.tabs.currentIndex()))
+        return self.pane(self.tabs.tabText(self.tabs.currentIndex()))
 
-    def _connect_panes(self) -> None:
-        image = self.image_pane
-        for pane in self.panes.values():
-            if (
-                image is not None
-                and pane is not image
-                and isinstance(getattr(type(pane), "sendPrompt", None), Signal)
-                and hasattr(image, "set_prompt")
-            ):
-                pane.sendPrompt.connect(self._send_prompt)
-            if isinstance(getattr(type(pane), "useSettings", None), Signal):
-                pane.useSettings.connect(self.restore_parameters)
-        if image is not None and isinstance(getattr(type(image), "modelsLoaded", None), Signal):
-            image.modelsLoaded.connect(lambda *_: self.modelsLoaded.emit())
+    def _connect_pane(self, title: str, pane: QWidget) -> None:
+        if isinstance(getattr(type(pane), "sendPrompt", None), Signal) and title != "Image":
+            pane.sendPrompt.connect(self._send_prompt)
+        if isinstance(getattr(type(pane), "useSettings", None), Signal):
+            pane.useSettings.connect(self.restore_parameters)
+        if title == "Image" and isinstance(getattr(type(pane), "modelsLoaded", None), Signal):
+            pane.modelsLoaded.connect(lambda *_: self.modelsLoaded.emit())
 
     def models_loaded(self) -> bool:
         """True once the Image pane has its model list (or there is no Image pane)."""
-        image = self.image_pane
-        return image is None or bool(getattr(image, "models_loaded", True))
+        if "Image" not in self._specs:
+            return True
+        image = self.panes.get("Image")
+        return image is not None and bool(getattr(image, "models_loaded", True))
 
     def _send_prompt(self, text: str) -> None:
         image = self.image_pane
@@ -364,16 +419,30 @@ class MainWindow(QMainWindow):
     # ---- drag and drop --------------------------------------------------------------
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        kind = event.type()
-        if kind in (QEvent.Type.DragEnter, QEvent.Type.DragMove, QEvent.Type.Drop):
-            if isinstance(watched, QWidget) and watched.window() is self:
-                paths = png_paths(event.mimeData())
-                if paths:
-                    event.acceptProposedAction()
-                    if kind == QEvent.Type.Drop:
-                        self.open_png(paths[0])
-                    return True
+        if event.type() in _DRAG_EVENTS and self._take_png_drop(event):
+            return True
         return super().eventFilter(watched, event)
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if not self._take_png_drop(event):
+            super().dragEnterEvent(event)
+
+    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
+        if not self._take_png_drop(event):
+            super().dragMoveEvent(event)
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        if not self._take_png_drop(event):
+            super().dropEvent(event)
+
+    def _take_png_drop(self, event: QEvent) -> bool:
+        paths = png_paths(event.mimeData())  # type: ignore[attr-defined]
+        if not paths:
+            return False
+        event.acceptProposedAction()  # type: ignore[attr-defined]
+        if event.type() == QEvent.Type.Drop:
+            self.open_png(paths[0])
+        return True
 
     # ---- state across restarts ---------------------------------------------------------
 
@@ -383,10 +452,7 @@ class MainWindow(QMainWindow):
             self.restoreGeometry(QByteArray.fromBase64(s.window_geometry.encode("ascii")))
         if s.window_state:
             self.restoreState(QByteArray.fromBase64(s.window_state.encode("ascii")))
-        if s.current_pane in self.panes:
-            self.show_pane(s.current_pane)
-        else:
-            self.show_pane("Image")
+        self._select_tab(s.current_pane if s.current_pane in self._specs else "Image")
 
     def store_state(self) -> None:
         """Copy window and pane state into the settings object."""
@@ -408,12 +474,10 @@ class MainWindow(QMainWindow):
             self._show_message(f"Could not save settings: {exc}", 10000)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self._build_timer.stop()
         if self.persist:
             self.store_state()
             self.save_settings()
-        app = QApplication.instance()
-        if app is not None:
-            app.removeEventFilter(self)
         for pane in self.panes.values():
             shutdown = getattr(pane, "shutdown", None)
             if callable(shutdown):

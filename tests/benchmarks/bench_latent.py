@@ -188,21 +188,39 @@ def main(argv: list[str] | None = None) -> int:
     pane._set_directions(directions)
     pane.pin(3)
     _spin(app, 10, lambda: pane.edited is not None)
-    idle = drag(app, pane, args.seconds)
+    from studio.core.engine import run_on_thread
 
-    # The same drag while an image renders on the batch lane.
-    image_job = TextToImage(model=sd_path, prompt="a red circle", steps=400, width=64 if "bundled" in sd_label else 32,
-                            height=64 if "bundled" in sd_label else 32, seed=1)
-    handle = engine.submit(image_job)
-    step_times: list[float] = []
-    bridge.progress.connect(lambda jid, s, t, p: step_times.append(time.perf_counter()) if jid == image_job.job_id else None)
-    _spin(app, 120, lambda: len(step_times) >= 3)
-    busy = drag(app, pane, args.seconds)
-    steps_during = [t for t in step_times[3:]]
-    step_rate = (len(steps_during) - 1) / (steps_during[-1] - steps_during[0]) if len(steps_during) > 2 else 0.0
-    engine.cancel_running()
-    handle.wait(120)
-    _spin(app, 0.5)
+    default_threads = run_on_thread(engine, lambda ctx: __import__("torch").get_num_threads())
+    results: dict[int, dict[str, Any]] = {}
+    for threads in dict.fromkeys((default_threads, 1)):
+        # Intra-op threads of the inference thread for everything it runs (the image
+        # job included); the small GAN itself always runs on one (latent.threads_for).
+        run_on_thread(engine, lambda ctx, n=threads: __import__("torch").set_num_threads(n))
+        idle = drag(app, pane, args.seconds)
+
+        # The same drag while an image renders on the batch lane.
+        size = 64 if "bundled" in sd_label else 32
+        image_job = TextToImage(model=sd_path, prompt="a red circle", steps=1000, width=size, height=size, seed=1)
+        step_times: list[float] = []
+
+        def on_progress(jid: str, s: int, t: int, p: Any, job: Any = image_job, log: list = step_times) -> None:
+            if jid == job.job_id:
+                log.append(time.perf_counter())
+
+        bridge.progress.connect(on_progress)
+        handle = engine.submit(image_job)
+        _spin(app, 120, lambda log=step_times: len(log) >= 3)
+        t0 = time.perf_counter()
+        busy = drag(app, pane, args.seconds)
+        t1 = time.perf_counter()
+        bridge.progress.disconnect(on_progress)
+        during = [t for t in step_times if t0 <= t <= t1]
+        busy["steps_per_s"] = len(during) / (t1 - t0)
+        engine.cancel_running()
+        handle.wait(120)
+        _spin(app, 0.5)
+        results[threads] = {"idle": idle, "busy": busy}
+    run_on_thread(engine, lambda ctx: __import__("torch").set_num_threads(default_threads))
 
     # ---- VAE: 16-frame strip, submit → shown --------------------------------------------
     vae_pane = VaePane(bridge, settings)
@@ -227,14 +245,17 @@ def main(argv: list[str] | None = None) -> int:
     engine.stop()
     bridge.close()
 
-    rows.append(("Drag GAN direction slider, idle", f"{idle['frames_per_s']:.1f} frames/s of {idle['events_per_s']:.0f} events/s",
-                 f"goal ≥ 60 → {'met' if idle['frames_per_s'] >= 60 else 'missed'}"))
-    rows.append(("  UI heartbeat worst gap", f"{idle['worst_gap_ms']:.1f} ms", f"goal ≤ 50 → {'met' if idle['worst_gap_ms'] <= 50 else 'missed'}"))
-    rows.append(("Drag while an image job runs", f"{busy['frames_per_s']:.1f} frames/s of {busy['events_per_s']:.0f} events/s",
-                 f"goal ≥ 30 → {'met' if busy['frames_per_s'] >= 30 else 'missed'}"))
-    rows.append(("  image job denoising steps", f"{step_rate:.1f} steps/s", "the lane is served between steps"))
-    rows.append(("  UI heartbeat worst gap", f"{busy['worst_gap_ms']:.1f} ms", f"goal ≤ 50 → {'met' if busy['worst_gap_ms'] <= 50 else 'missed'}"))
-    rows.append(("Busy / idle frame-rate ratio", f"{busy['frames_per_s'] / max(idle['frames_per_s'], 1e-9):.2f}", ""))
+    for threads, r in results.items():
+        idle, busy = r["idle"], r["busy"]
+        tag = f"[{threads} thread{'s' if threads != 1 else ''}]"
+        rows.append((f"{tag} drag GAN direction slider, idle", f"{idle['frames_per_s']:.1f} frames/s of {idle['events_per_s']:.0f} events/s",
+                     f"goal ≥ 60 → {'met' if idle['frames_per_s'] >= 60 else 'missed'}"))
+        rows.append(("  UI heartbeat worst gap", f"{idle['worst_gap_ms']:.1f} ms", f"goal ≤ 50 → {'met' if idle['worst_gap_ms'] <= 50 else 'missed'}"))
+        rows.append((f"{tag} same drag while an image job runs", f"{busy['frames_per_s']:.1f} frames/s of {busy['events_per_s']:.0f} events/s",
+                     f"goal ≥ 30 → {'met' if busy['frames_per_s'] >= 30 else 'missed'}"))
+        rows.append(("  image job meanwhile", f"{busy['steps_per_s']:.1f} steps/s", "the lane is served between steps"))
+        rows.append(("  UI heartbeat worst gap", f"{busy['worst_gap_ms']:.1f} ms", f"goal ≤ 50 → {'met' if busy['worst_gap_ms'] <= 50 else 'missed'}"))
+        rows.append(("  busy / idle frame-rate ratio", f"{busy['frames_per_s'] / max(idle['frames_per_s'], 1e-9):.2f}", ""))
     med = statistics.median(times)
     rows.append(("VAE 16-frame slerp strip, submit → shown", f"median {med:.1f} ms, max {max(times):.1f} ms",
                  f"goal ≤ 50 → {'met' if med <= 50 else 'missed'}"))

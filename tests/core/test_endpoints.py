@@ -209,3 +209,16 @@ def test_against_transformers_serve(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_cli_talks_to_an_endpoint(server, tmp_path, capsys, monkeypatch):
+    from studio.cli import main
+
+    monkeypatch.setenv("LATENT_STUDIO_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("LATENT_STUDIO_API_KEY", "sekret")
+    assert main(["chat", "--endpoint", server.base_url, "--model", "ok", "--prompt", "a castle"]) == 0
+    assert capsys.readouterr().out == "".join(WORDS) + "\n"
+    assert server.requests[-1]["body"]["messages"][-1] == {"role": "user", "content": "a castle"}
+    monkeypatch.setenv("LATENT_STUDIO_API_KEY", "wrong")
+    assert main(["chat", "--endpoint", server.base_url, "--model", "ok", "--prompt", "a castle"]) == 1
+    assert "refused the request (401)" in capsys.readouterr().err

@@ -248,3 +248,54 @@ def test_bad_folders_get_clear_messages(engine, models, tmp_path):
 def test_unknown_model_name_is_a_clear_failure(engine):
     end = engine.submit(ChatRequest(model="no-such-model-here", messages=(("user", "hi"),))).wait(30)
     assert isinstance(end, Failed) and "no-such-model-here" in end.message
+
+
+def test_cli_streams_to_stdout_and_fails_with_exit_code_1(models, tmp_path, capsys, monkeypatch):
+    from studio.cli import main
+
+    monkeypatch.setenv("LATENT_STUDIO_CONFIG_DIR", str(tmp_path / "config"))
+    code = main(["chat", "--model", str(models["llama"]), "--prompt", "a red circle", "--greedy",
+                 "--max-new-tokens", "12", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert code == 0 and out.endswith("\n") and len(out) > 1
+    assert "tokens/s" in err and "first token" in err
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    assert main(["chat", "--model", str(broken), "--prompt", "hi", "--device", "cpu"]) == 1
+    assert "error:" in capsys.readouterr().err
+    assert main(["chat", "--model", str(models["llama"]), "--prompt", "hi", "--top-k", "many"]) == 1
+    assert "Top-k must be a whole number" in capsys.readouterr().err
+
+
+def test_remote_code_runs_only_when_trusted(engine, models, tmp_path, monkeypatch):
+    import shutil
+
+    import transformers.dynamic_module_utils as dynamic
+
+    # The copied model code lands here, not in the user's HF cache.
+    monkeypatch.setattr(dynamic, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    folder = tmp_path / "custom-lm"
+    shutil.copytree(models["gpt2"], folder)
+    (folder / "configuration_mylm.py").write_text(
+        "from transformers import GPT2Config\n\n"
+        "class MyConfig(GPT2Config):\n    model_type = 'my-lm'\n"
+    )
+    (folder / "modeling_mylm.py").write_text(
+        "from transformers import GPT2LMHeadModel\n"
+        "from .configuration_mylm import MyConfig\n\n"
+        "class MyLM(GPT2LMHeadModel):\n    config_class = MyConfig\n"
+    )
+    config = json.loads((folder / "config.json").read_text())
+    config.update(
+        model_type="my-lm",
+        architectures=["MyLM"],
+        auto_map={"AutoConfig": "configuration_mylm.MyConfig", "AutoModelForCausalLM": "modeling_mylm.MyLM"},
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+    request = dict(model=str(folder), messages=(("user", "hi"),), decoding=Decoding(method="greedy", max_new_tokens=4))
+    end = engine.submit(ChatRequest(**request)).wait(30)
+    assert isinstance(end, Failed) and "Trust remote code" in end.message
+    result = engine.run(ChatRequest(**request, trust_remote_code=True), timeout=60)
+    assert result.new_tokens > 0

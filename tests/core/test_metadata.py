@@ -55,7 +55,7 @@ def test_parses_a_real_a1111_string():
         "seed": 2615383765,
         "width": 512,
         "height": 768,
-        "scheduler": "dpmpp_2m_karras",
+        "scheduler": "dpmpp_2m",
         "model": "anything-v5",
     }
     TextToImage(**kwargs)
@@ -128,7 +128,7 @@ def test_foreign_png_falls_back_to_a1111_text(tmp_path):
     path = tmp_path / "a1111.png"
     Image.new("RGB", (8, 8)).save(path, pnginfo=info)
     assert read_png_request(path) is None
-    assert request_from_png(path)["scheduler"] == "dpmpp_2m_karras"
+    assert request_from_png(path)["scheduler"] == "dpmpp_2m"
 
 
 def test_png_without_parameters_or_not_an_image(tmp_path):
@@ -162,11 +162,3 @@ def test_short_hash_is_sha256_prefix_and_cached(tmp_path):
 
     cache = json.loads(_hash_cache_file().read_text())
     assert cache[str(f.resolve())]["sha256"].startswith(expected)
-
-
-def test_karras_schedule_is_written_and_read_as_a1111_1_9_does():
-    text = format_parameters(TextToImage(prompt="x", scheduler="dpmpp_2m_karras"))
-    assert "Sampler: DPM++ 2M, Schedule type: Karras, CFG scale" in text
-    assert parameters_to_request(parse_parameters(text))["scheduler"] == "dpmpp_2m_karras"
-    plain = parse_parameters("x\nSteps: 20, Sampler: DPM++ 2M, Schedule type: Automatic, Seed: 1")
-    assert parameters_to_request(plain)["scheduler"] == "dpmpp_2m"

@@ -198,3 +198,10 @@ def test_cli_interpolate_strip_and_gif(models, tmp_path, capsys):
     assert "not an image" in capsys.readouterr().err
     assert main(["interpolate", "--vae", models["2d"], a, b, "-o", str(tmp_path / "x.bmp")]) == 1
     assert ".gif" in capsys.readouterr().err
+
+
+def test_2d_map_defaults_to_the_models_latent_range(engine, tmp_path):
+    folder = make_vae2d(tmp_path / "ranged", latent_range=[[-1.0, 1.0], [0.0, 2.0]])
+    m = engine.run(VaeLatentMap(model=str(folder), grid=3))
+    assert m.extent == pytest.approx((-1.2, 1.2, -0.2, 2.2))
+    assert engine.run(VaeLatentMap(model=str(folder), grid=3, extent=4.0)).extent == (-4.0, 4.0, -4.0, 4.0)

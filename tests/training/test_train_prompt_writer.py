@@ -13,8 +13,10 @@ from studio.training.train_prompt_writer import (  # noqa: E402
     ASSISTANT,
     END,
     USER,
+    follows,
     make_example,
     make_idea,
+    make_idea_with_constraints,
 )
 
 
@@ -35,14 +37,32 @@ def test_every_training_target_is_a_valid_prompt():
 
 def test_ideas_constrain_the_prompt():
     rng = np.random.default_rng(1)
-    seen = 0
-    for _ in range(400):
-        idea, prompt = make_idea(rng)
+    warm = tiny = 0
+    for _ in range(3000):
+        idea, prompt, want = make_idea_with_constraints(rng)
         parsed = world.parse_caption(prompt)
-        if idea.startswith("something") and "warm" in idea.split() and parsed["colour"]:
+        assert follows(prompt, want), (idea, prompt)
+        words = idea.lower().split()
+        if want is not None and "warm" in words and parsed["colour"]:
             assert parsed["colour"] in ("red", "orange", "yellow"), (idea, prompt)
-            seen += 1
+            warm += 1
+        if want is not None and "tiny" in words:
+            assert parsed["size"] == "small", (idea, prompt)
+            tiny += 1
+    assert warm and tiny
     assert len({make_idea(rng)[1] for _ in range(200)}) > 100
+
+
+def test_follows_checks_named_attributes():
+    from studio.training.train_prompt_writer import Want
+
+    want = Want(colour={"red"}, size="small", named={"colour", "size"})
+    assert follows("a small red star", want)
+    assert not follows("a small blue star", want)
+    assert not follows("a red star", want)  # the size is left out
+    assert not follows("a small red star on a red background", want)
+    assert not follows("not a prompt", want)
+    assert follows("a red circle above a blue square", None)
 
 
 def test_tiny_training_reloads_and_chats(tmp_path):

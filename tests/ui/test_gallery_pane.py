@@ -1,5 +1,3 @@
-import os
-import time
 from pathlib import Path
 
 from PIL import Image
@@ -11,12 +9,10 @@ from studio.core.metadata import format_parameters
 from studio.ui.panes.gallery import GalleryPane
 
 
-def _save(folder, prompt, seed, when):
+def _save(folder, prompt, seed):
     request = TextToImage(prompt=prompt, seed=seed, steps=5, scheduler="ddim", model="tiny-sd").to_dict()
-    item = Gallery(folder).save(Image.new("RGB", (64, 64), (seed * 40 % 255, 80, 120)), format_parameters(request), request)
-    # Distinct creation times without sleeping: the index orders by them.
-    os.utime(item.path, (when, when))
-    return item
+    image = Image.new("RGB", (64, 64), (seed * 40 % 255, 80, 120))
+    return Gallery(folder).save(image, format_parameters(request), request)
 
 
 def _pane(qtbot, bridge, settings):
@@ -27,8 +23,8 @@ def _pane(qtbot, bridge, settings):
 
 def test_newest_first_and_survives_a_restart(qtbot, bridge, settings):
     folder = settings.resolved_outputs_dir()
-    first = _save(folder, "first", 1, time.time() - 100)
-    second = _save(folder, "second", 2, time.time() - 50)
+    first = _save(folder, "first", 1)
+    second = _save(folder, "second", 2)
     pane = _pane(qtbot, bridge, settings)
     assert pane.paths() == [second.path, first.path]
     pane.close()
@@ -44,7 +40,7 @@ def test_newest_first_and_survives_a_restart(qtbot, bridge, settings):
 
 
 def test_select_shows_the_image_and_use_these_settings(qtbot, bridge, settings):
-    item = _save(settings.resolved_outputs_dir(), "a yellow star, large", 3, time.time())
+    item = _save(settings.resolved_outputs_dir(), "a yellow star, large", 3)
     pane = _pane(qtbot, bridge, settings)
     pane.select(item.path)
     assert pane.view.has_image()
@@ -58,8 +54,8 @@ def test_select_shows_the_image_and_use_these_settings(qtbot, bridge, settings):
 
 def test_delete_removes_file_and_row(qtbot, bridge, settings):
     folder = settings.resolved_outputs_dir()
-    keep = _save(folder, "keep", 4, time.time() - 10)
-    gone = _save(folder, "gone", 5, time.time())
+    keep = _save(folder, "keep", 4)
+    gone = _save(folder, "gone", 5)
     pane = _pane(qtbot, bridge, settings)
     pane.select(gone.path)
     assert pane.delete_selected(confirm=False)
@@ -69,9 +65,9 @@ def test_delete_removes_file_and_row(qtbot, bridge, settings):
 
 
 def test_use_these_settings_in_the_window_fills_the_image_pane(qtbot, make_window, settings):
-    item = _save(settings.resolved_outputs_dir(), "a green triangle", 11, time.time())
+    item = _save(settings.resolved_outputs_dir(), "a green triangle", 11)
     window = make_window()
-    gallery = window.panes["Gallery"]
+    gallery = window.pane("Gallery")
     window.show_pane("Gallery")
     gallery.select(item.path)
     gallery.use_selected()
@@ -82,7 +78,7 @@ def test_use_these_settings_in_the_window_fills_the_image_pane(qtbot, make_windo
 
 def test_refreshes_when_an_image_job_finishes(qtbot, make_window, settings, models_dir):
     window = make_window()
-    gallery = window.panes["Gallery"]
+    gallery = window.pane("Gallery")
     image = window.image_pane
     qtbot.waitUntil(lambda: image.models_loaded, timeout=20000)
     image.steps.setValue(2)

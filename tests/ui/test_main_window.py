@@ -38,7 +38,17 @@ def test_status_bar_shows_the_device_and_every_pane_is_there(make_window):
     titles = [window.tabs.tabText(i) for i in range(window.tabs.count())]
     assert titles == [title for title, _ in PANES]
     assert {"Prompt", "Image", "VAE", "GAN", "Gallery"} <= set(titles)
+    window.build_all_panes()
     assert not any(isinstance(p, PaneError) for p in window.panes.values())
+    assert set(window.panes) == set(titles)
+
+
+def test_panes_not_on_screen_are_built_right_after_the_window_shows(qtbot, make_window):
+    window = make_window()
+    assert window.panes == {}
+    with qtbot.waitExposed(window):
+        window.show()
+    qtbot.waitUntil(lambda: len(window.panes) == len(PANES), timeout=10000)
 
 
 def test_status_bar_follows_the_running_job_and_cancel_stops_it(qtbot, make_window, bridge):
@@ -121,7 +131,7 @@ def test_geometry_pane_and_dock_are_restored_on_restart(qtbot, make_window, brid
     with qtbot.waitExposed(again):
         again.show()
     assert (again.width(), again.height()) == (760, 520)
-    assert again.current_pane() is again.panes["Gallery"]
+    assert again.current_pane() is again.pane("Gallery")
     assert again.queue_dock.isHidden()
 
 
@@ -216,11 +226,11 @@ def test_a_pane_that_fails_to_load_shows_why_and_send_prompt_reaches_the_image_p
         ],
     )
     window = make_window()
-    broken = window.panes["Broken"]
+    broken = window.pane("Broken")
     assert isinstance(broken, PaneError)
     assert "does_not_exist" in broken.detail
     window.show_pane("Writer")
-    window.panes["Writer"].sendPrompt.emit("a blue triangle")
+    window.pane("Writer").sendPrompt.emit("a blue triangle")
     assert window.image_pane.prompt_edit.toPlainText() == "a blue triangle"
     assert window.current_pane() is window.image_pane
 

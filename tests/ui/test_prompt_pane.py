@@ -50,6 +50,7 @@ def test_tokens_stream_in_and_the_exchange_is_saved(qtbot, pane, bridge):
     reply = pane.chat.views[-1]
     assert reply.text() == result.text
     assert "tok/s" in reply.figures.text() and "first token" in reply.figures.text()
+    pane.wait_for_saves()
     saved = ConversationStore().list()
     assert len(saved) == 1 and saved[0].title == "a red circle"
     assert [m.role for m in saved[0].messages] == ["user", "assistant"]
@@ -83,6 +84,7 @@ def test_stop_keeps_the_partial_reply_and_the_next_message_works(qtbot, pane, br
 def test_conversations_reopen_rename_export_delete(qtbot, pane, bridge, settings, tmp_path):
     first = _send(qtbot, pane, "castle on a hill")
     conversation_id = pane.conversation.id
+    pane.wait_for_saves()
 
     later = PromptPane(bridge, settings)
     qtbot.addWidget(later)

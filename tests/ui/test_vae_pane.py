@@ -140,3 +140,25 @@ def test_reconstruction_and_bad_inputs(qtbot, pane, assets):
         pane.slot_a.set_source(str(assets["dir"] / "clear.png"))
         pane.slot_b.set_source(str(assets["dir"] / "wide.png"))
     assert "transparency" in pane.message.text() and "40×20" in pane.message.text()
+
+
+def test_drops_in_the_real_window_reach_the_slot(qtbot, make_window, assets):
+    from PySide6.QtGui import QDragEnterEvent
+    from PySide6.QtWidgets import QApplication
+
+    window = make_window(persist=False)
+    window.show()
+    window.show_pane("VAE")
+    pane = window.panes["VAE"]
+    qtbot.waitExposed(pane.slot_b)
+    restored = []
+    window.parametersRestored.connect(restored.append)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(assets["images"]["c"]))])
+    enter = QDragEnterEvent(QPoint(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(pane.slot_b.thumb, enter)
+    assert enter.isAccepted()
+    drop = QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(pane.slot_b.thumb, drop)
+    assert pane.slot_b.source == str(assets["images"]["c"])
+    assert pane.isVisible() and restored == []

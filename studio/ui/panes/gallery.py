@@ -63,7 +63,7 @@ class GalleryPane(QWidget):
         self.list.setObjectName("galleryList")
         self.list.setViewMode(QListWidget.ViewMode.IconMode)
         self.list.setIconSize(QSize(THUMB, THUMB))
-        self.list.setGridSize(QSize(THUMB + 16, THUMB + 16))
+        self.list.setGridSize(QSize(THUMB + 16, THUMB + 34))
         self.list.setResizeMode(QListWidget.ResizeMode.Adjust)
         self.list.setMovement(QListWidget.Movement.Static)
         self.list.setUniformItemSizes(True)
@@ -141,19 +141,53 @@ class GalleryPane(QWidget):
         self.list.blockSignals(True)
         self.list.clear()
         for item in items:
-            entry = QListWidgetItem(QIcon(thumbnail(item.path)), "")
-            entry.setData(_PATH, str(item.path))
-            entry.setToolTip(item.prompt or item.path.name)
-            entry.setSizeHint(QSize(THUMB + 12, THUMB + 12))
-            self.list.addItem(entry)
+            self.list.addItem(self._entry(item))
         self.list.blockSignals(False)
         if current is not None and str(current.path) in self._items:
             self.select(current.path)
         elif current is not None:
             self._show_current(None)
-        count = len(items)
+        self._update_status()
+
+    def add_new(self, paths: list[Path]) -> None:
+        """Put freshly saved images at the top without reloading the rest."""
+        assert self.gallery is not None
+        current = self.list.currentRow()
+        added = 0
+        for path in paths:
+            if str(path) in self._items:
+                continue
+            try:
+                item = self.gallery.get(path)
+            except UserError as exc:
+                self.status.setText(exc.message)
+                return
+            if item is None:
+                continue
+            self._items[str(item.path)] = item
+            self.list.insertItem(0, self._entry(item))
+            added += 1
+        while self.list.count() > PAGE:
+            dropped = self.list.takeItem(self.list.count() - 1)
+            self._items.pop(dropped.data(_PATH), None)
+        if current >= 0 and added:
+            self.list.blockSignals(True)
+            self.list.setCurrentRow(current + added)
+            self.list.blockSignals(False)
+        self._update_status()
+
+    def _entry(self, item: GalleryItem) -> QListWidgetItem:
+        label = f"seed {item.seed}" if item.seed is not None else item.path.stem
+        entry = QListWidgetItem(QIcon(thumbnail(item.path)), label)
+        entry.setData(_PATH, str(item.path))
+        entry.setToolTip(item.prompt or item.path.name)
+        return entry
+
+    def _update_status(self) -> None:
+        assert self.gallery is not None
+        count = self.list.count()
         self.status.setText(
-            f"{count} image{'s' if count != 1 else ''} in {self.gallery.folder}"
+            f"{count}{'+' if count >= PAGE else ''} image{'s' if count != 1 else ''} in {self.gallery.folder}"
             if count
             else f"No images yet in {self.gallery.folder}. Generate some in the Image pane."
         )
@@ -244,8 +278,9 @@ class GalleryPane(QWidget):
         self.delete_button.setEnabled(has)
 
     def _on_finished(self, job_id: str, result: object) -> None:
-        if getattr(result, "paths", None):
-            self.refresh()
+        paths = getattr(result, "paths", None)
+        if paths:
+            self.add_new([Path(p) for p in paths])
             if self.list.count() and self.list.currentRow() < 0:
                 self.list.setCurrentRow(0)
 

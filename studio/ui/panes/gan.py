@@ -41,6 +41,7 @@ from studio.ui.widgets.image_view import ImageView
 from studio.ui.widgets.latent_views import (
     ExportButton,
     FramePlayer,
+    LatestSender,
     MessageLine,
     ModelPicker,
     TileGrid,
@@ -99,6 +100,7 @@ class GanPane(QWidget):
         self._seq: dict[str, int] = {}
         self._shown_seq = {"grid": 0, "edit": 0}
         self._counter = 0
+        self.sender = LatestSender(bridge, on_sent=self._track)
         self.pca_samples = 2000
         self._build()
         bridge.finished.connect(self._on_finished)
@@ -327,11 +329,16 @@ class GanPane(QWidget):
         """Render the page (interactive: a newer page or ψ replaces this one)."""
         if not self.model:
             return ""
-        job = GanSample(model=self.model, seeds=self.seeds(), truncation=self.truncation, z_dim=self.z_dim())
-        self._track(self.bridge.interactive(job), "grid")
+        job_id = self._send("grid", self._grid_job)
         if self.pins:
             self.request_edit()
-        return job.job_id
+        return job_id
+
+    def _send(self, purpose: str, make_job: Any) -> str:
+        return self.sender.send(purpose, make_job)
+
+    def _grid_job(self) -> GanSample:
+        return GanSample(model=self.model, seeds=self.seeds(), truncation=self.truncation, z_dim=self.z_dim())
 
     def amounts(self) -> tuple[float, ...]:
         return tuple(row.slider.value() for row in self.rows)
@@ -339,8 +346,13 @@ class GanPane(QWidget):
     def request_edit(self) -> str:
         if not self.pins or not self.model:
             return ""
+        return self._send("edit", self._edit_job)
+
+    def _edit_job(self) -> GanEdit | None:
+        if not self.pins or not self.model:
+            return None
         d = self.directions
-        job = GanEdit(
+        return GanEdit(
             model=self.model,
             seed=self.pins[-1],
             truncation=self.truncation,
@@ -349,7 +361,6 @@ class GanPane(QWidget):
             amounts=self.amounts() if d is not None else (),
             z_dim=self.z_dim(),
         )
-        return self._track(self.bridge.interactive(job), "edit")
 
     def compute_directions(self) -> str:
         job = GanDirections(
@@ -478,6 +489,12 @@ class GanPane(QWidget):
     # ---- engine events -----------------------------------------------------------------------
 
     def _on_finished(self, job_id: str, result: object) -> None:
+        try:
+            self._show(job_id, result)
+        finally:
+            self.sender.done(job_id)
+
+    def _show(self, job_id: str, result: object) -> None:
         purpose = self._jobs.pop(job_id, None)
         if purpose is None:
             return
@@ -521,10 +538,12 @@ class GanPane(QWidget):
         if self._jobs.pop(job_id, None) is not None:
             self._seq.pop(job_id, None)
             self._error(message)
+        self.sender.done(job_id)
 
     def _on_ended(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
         self._seq.pop(job_id, None)
+        self.sender.done(job_id)
 
     def _on_progress(self, job_id: str, step: int, total: int, preview: object) -> None:
         if self._jobs.get(job_id) == "directions":

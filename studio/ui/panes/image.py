@@ -241,7 +241,7 @@ class ImagePane(QWidget):
         self.results.setFlow(QListWidget.Flow.LeftToRight)
         self.results.setWrapping(False)
         self.results.setIconSize(QSize(72, 72))
-        self.results.setFixedHeight(100)
+        self.results.setFixedHeight(112)
         self.results.setMovement(QListWidget.Movement.Static)
         self.results.currentRowChanged.connect(self._show_result)
         self.caption = QLabel("")
@@ -553,7 +553,7 @@ class ImagePane(QWidget):
             path = paths[i] if i < len(paths) else ""
             seed = seeds[i] if i < len(seeds) else None
             self._results.append((image, path, seed))
-            item = QListWidgetItem(QIcon(QPixmap.fromImage(to_qimage(image))), "")
+            item = QListWidgetItem(QIcon(QPixmap.fromImage(to_qimage(image))), f"seed {seed}")
             item.setToolTip(f"seed {seed}\n{path}" if path else f"seed {seed}")
             self.results.addItem(item)
         if seeds:

@@ -9,7 +9,9 @@ is saved to the conversation store as it completes.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -153,6 +155,7 @@ class MessageView(QFrame):
         self.body.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.figures = QLabel(figures_text(message.meta))
         self.figures.setObjectName("messageFigures")
+        self.figures.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(8, 6, 8, 6)
         head = QHBoxLayout()
@@ -196,6 +199,8 @@ class ChatView(QScrollArea):
         super().__init__(parent)
         self.setWidgetResizable(True)
         self.setObjectName("chatView")
+        # Messages wrap to the view's width; a sideways scroll bar would hide their buttons.
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self._inner = QWidget()
         self._layout = QVBoxLayout(self._inner)
         self._layout.setSpacing(8)
@@ -242,6 +247,7 @@ class PromptPane(QWidget):
     replyFinished = Signal(object)  # ChatResult
     replyFailed = Signal(str)
     modelsLoaded = Signal(list)
+    _saveFailed = Signal(str)
 
     def __init__(self, bridge: Bridge, settings: Settings, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -261,6 +267,11 @@ class PromptPane(QWidget):
         self._sent_at = 0.0
         self._first_token_at: float | None = None
         self._loading_preset = False
+        # Conversation files are written by one worker, in order, off the UI
+        # thread: an fsync must not stall the window while tokens stream.
+        self._writer: ThreadPoolExecutor | None = None
+        self._saves: list[Future] = []
+        self._saveFailed.connect(lambda message: self._show_error(f"Could not save the conversation: {message}"))
         self._build()
         self._restore(settings)
 
@@ -312,7 +323,7 @@ class PromptPane(QWidget):
         self.send_button = QPushButton("Send")
         self.send_button.setObjectName("generateButton")
         self.send_button.setToolTip("Send the message (Ctrl+Enter)")
-        self.send_button.clicked.connect(self.send)
+        self.send_button.clicked.connect(lambda: self.send())
         self.stop_button = QPushButton("Stop")
         self.stop_button.setObjectName("stopButton")
         self.stop_button.setToolTip("Stop the reply; the text so far is kept")
@@ -522,6 +533,10 @@ class PromptPane(QWidget):
         self.refresh_models()
 
     def shutdown(self) -> None:
+        self.wait_for_saves()
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
         if self._endpoint_task is not None and not self._endpoint_task.done():
             self._endpoint_task.cancel()
 
@@ -581,6 +596,8 @@ class PromptPane(QWidget):
         model = self.current_model()
         if model and model != BROWSE:
             self._pending_model = model
+            # Kept current, so the Image pane's Enhance can follow this pane's model.
+            self.settings.llm_model = model
         endpoint = model == ENDPOINT
         self.endpoint_group.setVisible(endpoint)
         self.trust_box.setVisible(not endpoint)
@@ -744,6 +761,7 @@ class PromptPane(QWidget):
     # ---- conversations ---------------------------------------------------------------------
 
     def refresh_conversations(self) -> None:
+        self.wait_for_saves()
         current = self.conversation.id if self.conversation else None
         self.conversation_list.blockSignals(True)
         self.conversation_list.clear()
@@ -771,6 +789,7 @@ class PromptPane(QWidget):
         if self.busy:
             self.status_label.setText("Stop the reply before switching conversations.")
             return
+        self.wait_for_saves()
         try:
             conv = self.store.load(conversation_id)
         except UserError as exc:
@@ -800,6 +819,7 @@ class PromptPane(QWidget):
         return self.conversation.id if self.conversation else None
 
     def rename_conversation(self, conversation_id: str, title: str) -> None:
+        self.wait_for_saves()
         try:
             renamed = self.store.rename(conversation_id, title)
         except (UserError, OSError) as exc:
@@ -812,6 +832,7 @@ class PromptPane(QWidget):
     def delete_conversation(self, conversation_id: str) -> None:
         if self.busy and self.conversation and self.conversation.id == conversation_id:
             return
+        self.wait_for_saves()
         self.store.delete(conversation_id)
         if self.conversation and self.conversation.id == conversation_id:
             self.new_conversation()
@@ -821,6 +842,7 @@ class PromptPane(QWidget):
         conversation_id = self._selected_id()
         if not conversation_id:
             return
+        self.wait_for_saves()
         current = self.store.load(conversation_id).title
         title, ok = QInputDialog.getText(self, "Rename conversation", "Title:", text=current)
         if ok and title.strip():
@@ -838,6 +860,7 @@ class PromptPane(QWidget):
         conversation_id = self._selected_id()
         if not conversation_id:
             return
+        self.wait_for_saves()
         title = self.store.load(conversation_id).title
         safe = "".join(c if c.isalnum() or c in " -_" else "_" for c in title).strip() or "conversation"
         path, _ = QFileDialog.getSaveFileName(self, "Export as Markdown", f"{safe}.md", "Markdown (*.md)")
@@ -850,13 +873,50 @@ class PromptPane(QWidget):
             self.status_label.setText(f"Exported to {path}")
 
     def _save_conversation(self) -> None:
-        if self.conversation is None:
+        conv = self.conversation
+        if conv is None:
             return
-        try:
-            self.store.save(self.conversation)
-        except OSError as exc:
-            self._show_error(f"Could not save the conversation: {exc}")
-        self.refresh_conversations()
+        conv.updated = time.time()
+        snapshot = copy.deepcopy(conv)
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="conversation-writer")
+        self._saves = [f for f in self._saves if not f.done()]
+        future = self._writer.submit(self.store.save, snapshot, False)
+        future.add_done_callback(self._save_done)
+        self._saves.append(future)
+        self._show_in_list(conv)
+
+    def _save_done(self, future: Future) -> None:
+        # On the writer thread: only a signal crosses back to the widgets.
+        exc = future.exception()
+        if exc is not None:
+            self._saveFailed.emit(str(exc))
+
+    def wait_for_saves(self) -> None:
+        """Block until every queued conversation write is on disk (or failed)."""
+        saves, self._saves = self._saves, []
+        for future in saves:
+            try:
+                future.result()
+            except Exception:
+                pass  # reported through _saveFailed
+
+    def _show_in_list(self, conv: Conversation) -> None:
+        when = time.strftime("%b %d %H:%M", time.localtime(conv.updated))
+        self.conversation_list.blockSignals(True)
+        item = None
+        for row in range(self.conversation_list.count()):
+            if self.conversation_list.item(row).data(Qt.ItemDataRole.UserRole) == conv.id:
+                item = self.conversation_list.takeItem(row)
+                break
+        if item is None:
+            item = QListWidgetItem()
+            item.setData(Qt.ItemDataRole.UserRole, conv.id)
+        item.setText(f"{conv.title}\n{when}")
+        item.setToolTip(conv.title)
+        self.conversation_list.insertItem(0, item)
+        self.conversation_list.setCurrentItem(item)
+        self.conversation_list.blockSignals(False)
 
     # ---- sending and streaming ---------------------------------------------------------------
 
@@ -886,7 +946,6 @@ class PromptPane(QWidget):
         self._add_view(user)
         if text is None:
             self.input_edit.clear()
-        self._save_conversation()
 
         self._reply_text = ""
         self._pending = ""
@@ -912,6 +971,8 @@ class PromptPane(QWidget):
             )
             self._job_id = self.bridge.submit(job)
             self.status_label.setText("Loading the model…" if not self.bridge.running else "Queued…")
+        # Saved after the request is on its way, so writing it never delays the first token.
+        self._save_conversation()
         self._set_busy(True)
         self.replyStarted.emit()
         return True

@@ -45,9 +45,11 @@ from studio.ui.widgets.latent_views import (
     FramePlayer,
     GalleryPicker,
     LatentMapView,
+    LatestSender,
     MessageLine,
     ModelPicker,
     TileGrid,
+    accept_file_drops,
     local_paths,
 )
 
@@ -61,8 +63,11 @@ class DropList(QListWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.setAcceptDrops(True)
         self.setDragDropMode(QListWidget.DragDropMode.DropOnly)
+
+    def showEvent(self, event: Any) -> None:
+        accept_file_drops(self)
+        super().showEvent(event)
 
     def paths(self) -> tuple[str, ...]:
         return tuple(str(self.item(i).data(Qt.ItemDataRole.UserRole)) for i in range(self.count()))
@@ -110,6 +115,9 @@ class VaePane(QWidget):
         self._seq: dict[str, int] = {}
         self._shown: dict[str, int] = {}
         self._counter = 0
+        self.sender = LatestSender(bridge, on_sent=self._track)
+        self._scrub_t = 0.0
+        self._point = (0.0, 0.0)
         self._build()
         bridge.finished.connect(self._on_finished)
         bridge.failed.connect(self._on_failed)
@@ -230,9 +238,11 @@ class VaePane(QWidget):
         self.map_grid.setRange(2, 32)
         self.map_grid.setValue(12)
         self.map_extent = QDoubleSpinBox()
-        self.map_extent.setRange(0.5, 10.0)
-        self.map_extent.setValue(3.0)
-        self.map_extent.setToolTip("Half-width of the 2-D latent plane shown (in standard deviations)")
+        self.map_extent.setRange(0.0, 10.0)
+        self.map_extent.setSingleStep(0.5)
+        self.map_extent.setSpecialValueText("auto")
+        self.map_extent.setValue(0.0)
+        self.map_extent.setToolTip("Half-width of the 2-D latent plane shown; auto: where the training images lie")
         self.map_button = QPushButton("Draw map")
         self.map_hint = QLabel("")
         self.map_hint.setWordWrap(True)
@@ -333,17 +343,21 @@ class VaePane(QWidget):
         return self._track(self.bridge.submit(job), "strip")
 
     def scrub(self, t: float) -> str:
+        """Render position t between the endpoints (interactive; a drag renders the newest)."""
+        self._scrub_t = float(t)
+        return self.sender.send("scrub", self._scrub_job)
+
+    def _scrub_job(self) -> VaeScrub | None:
         a, b = self.slot_a.source, self.slot_b.source
         if not (a and b):
-            return ""
-        job = VaeScrub(model=self.model, a=a, b=b, t=float(t), mode=str(self.mode_box.currentData()))
-        return self._track(self.bridge.interactive(job), "scrub")
+            return None
+        return VaeScrub(model=self.model, a=a, b=b, t=self._scrub_t, mode=str(self.mode_box.currentData()))
 
     def sample_prior(self) -> str:
         if not self.model:
             return ""
         job = VaePriorGrid(model=self.model, seed=self.prior_seed.value(), count=self.prior_count.value())
-        return self._track(self.bridge.submit(job), "prior")
+        return self._track(self.bridge.interactive(job), "prior")
 
     def _prior_clicked(self, index: int) -> None:
         self.use_a.setEnabled(True)
@@ -364,9 +378,12 @@ class VaePane(QWidget):
         return self._track(self.bridge.submit(job), "map")
 
     def decode_point(self, x: float, y: float) -> str:
+        self._point = (float(x), float(y))
+        return self.sender.send("point", self._point_job)
+
+    def _point_job(self) -> VaeDecodePoint:
         images = self.map.request.images if self.map is not None and not self.map.two_d else ()
-        job = VaeDecodePoint(model=self.model, images=images, x=float(x), y=float(y))
-        return self._track(self.bridge.interactive(job), "point")
+        return VaeDecodePoint(model=self.model, images=images, x=self._point[0], y=self._point[1])
 
     def _map_add_file(self) -> None:
         from PySide6.QtWidgets import QFileDialog
@@ -420,6 +437,12 @@ class VaePane(QWidget):
         return True
 
     def _on_finished(self, job_id: str, result: object) -> None:
+        try:
+            self._show(job_id, result)
+        finally:
+            self.sender.done(job_id)
+
+    def _show(self, job_id: str, result: object) -> None:
         purpose = self._jobs.pop(job_id, None)
         if purpose is None or not self._fresh(job_id, purpose):
             return
@@ -471,10 +494,12 @@ class VaePane(QWidget):
             if purpose == "map":
                 self.map_hint.setText("")
             self._error(message)
+        self.sender.done(job_id)
 
     def _on_ended(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
         self._seq.pop(job_id, None)
+        self.sender.done(job_id)
 
     def _on_progress(self, job_id: str, step: int, total: int, preview: object) -> None:
         if self._jobs.get(job_id) == "map":

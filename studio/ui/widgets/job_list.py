@@ -26,6 +26,8 @@ class JobList(QWidget):
         self.list = QListWidget()
         self.list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
         self.list.setObjectName("jobList")
+        self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.remove_button = QPushButton("Remove queued")
         self.remove_button.setToolTip("Take the selected waiting jobs off the queue (Delete)")
         self.cancel_button = QPushButton("Cancel running")
@@ -96,6 +98,7 @@ class JobList(QWidget):
         running = self.bridge.running
         if running is not None:
             item = QListWidgetItem(f"▶ {running.title}{self._step}")
+            item.setToolTip(running.title)
             item.setData(_JOB_ID, running.job_id)
             item.setData(_RUNNING, True)
             font = item.font()
@@ -104,6 +107,7 @@ class JobList(QWidget):
             self.list.addItem(item)
         for n, job in enumerate(self.bridge.pending, 1):
             item = QListWidgetItem(f"{n}. {job.title}")
+            item.setToolTip(job.title)
             item.setData(_JOB_ID, job.job_id)
             item.setData(_RUNNING, False)
             self.list.addItem(item)

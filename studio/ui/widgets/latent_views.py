@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QPointF, QRect, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QObject, QPointF, QRect, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import (
     QColor,
     QDragEnterEvent,
@@ -20,6 +20,7 @@ from PySide6.QtGui import (
     QPixmap,
 )
 from PySide6.QtWidgets import (
+    QApplication,
     QDialog,
     QDialogButtonBox,
     QFrame,
@@ -45,6 +46,46 @@ PIN_COLOURS = (QColor(255, 176, 32), QColor(64, 196, 255))
 
 def local_paths(mime: Any) -> list[str]:
     return [u.toLocalFile() for u in mime.urls() if u.isLocalFile()] if mime.hasUrls() else []
+
+
+class _DropRouter(QObject):
+    """Gives file drops over a drop target of these panes to that target.
+
+    The main window filters every drag event of the application so that a PNG
+    dropped anywhere opens its parameters. Installed after it (event filters run
+    newest first), this filter lets a drop on an endpoint slot or the map list go
+    where the user aimed it; every other drop continues to the window."""
+
+    _installed: _DropRouter | None = None
+
+    @classmethod
+    def ensure(cls) -> None:
+        app = QApplication.instance()
+        if app is None or cls._installed is not None:
+            return
+        cls._installed = cls(app)
+        app.installEventFilter(cls._installed)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        kind = event.type()
+        if kind not in (QEvent.Type.DragEnter, QEvent.Type.DragMove, QEvent.Type.Drop):
+            return False
+        target = watched
+        while isinstance(target, QWidget) and not target.property("latentDropTarget"):
+            target = target.parentWidget()
+        if not isinstance(target, QWidget) or not local_paths(event.mimeData()):  # type: ignore[attr-defined]
+            return False
+        event.acceptProposedAction()  # type: ignore[attr-defined]
+        if kind == QEvent.Type.Drop:
+            target.dropEvent(event)  # type: ignore[arg-type]
+        return True
+
+
+def accept_file_drops(widget: QWidget) -> None:
+    """Mark `widget` as a drop target for image files (see _DropRouter)."""
+    widget.setAcceptDrops(True)
+    widget.setProperty("latentDropTarget", True)
+    _DropRouter.ensure()
 
 
 # ---- tiles ---------------------------------------------------------------------------
@@ -94,7 +135,8 @@ class TileGrid(QWidget):
     def tile_rect(self, index: int) -> QRect:
         cols, side, caption = self._layout()
         r, c = divmod(index, cols)
-        return QRect(2 + c * side, 2 + r * (side + caption), side, side)
+        left = max(2, (self.width() - cols * side) // 2)  # centred when height limits the tiles
+        return QRect(left + c * side, 2 + r * (side + caption), side, side)
 
     def index_at(self, x: float, y: float) -> int:
         for i in range(len(self._pixmaps)):
@@ -250,13 +292,11 @@ class EndpointSlot(QFrame):
     def __init__(self, title: str, gallery_folder: Any = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setFrameShape(QFrame.Shape.StyledPanel)
-        self.setAcceptDrops(True)
         self.source = ""
         self.gallery_folder = gallery_folder
         self.title = QLabel(f"<b>{title}</b>")
         self.thumb = ImageView("Drop an image here")
         self.thumb.setMinimumSize(72, 72)
-        self.thumb.setMaximumHeight(140)
         self.file_button = QPushButton("File…")
         self.gallery_button = QPushButton("Gallery…")
         self.prior_seed = QSpinBox()
@@ -270,6 +310,7 @@ class EndpointSlot(QFrame):
         prior = QHBoxLayout()
         prior.addWidget(self.prior_seed, 1)
         prior.addWidget(self.prior_button)
+        self.title.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Fixed)
         layout = QVBoxLayout(self)
         layout.addWidget(self.title)
         layout.addWidget(self.thumb, 1)
@@ -301,6 +342,11 @@ class EndpointSlot(QFrame):
         path = GalleryPicker.choose(self.gallery_folder, self)
         if path:
             self.set_source(path)
+
+    def showEvent(self, event: Any) -> None:
+        # After the main window's own drop filter exists (see _DropRouter).
+        accept_file_drops(self)
+        super().showEvent(event)
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if local_paths(event.mimeData()):
@@ -528,15 +574,21 @@ class ModelPicker(QWidget):
         self.box.currentIndexChanged.connect(lambda *_: self.modelChanged.emit(self.current()))
         self.open_button.clicked.connect(self._open)
         bridge.finished.connect(self._on_finished)
-        self.refresh()
+        self._listed = False
+
+    def showEvent(self, event: Any) -> None:
+        # Models are listed (and the first one loaded) when the pane is first
+        # opened, so a window that never shows it spends nothing on it.
+        if not self._listed:
+            self._listed = True
+            self.refresh()
+        super().showEvent(event)
 
     def current(self) -> str:
         data = self.box.currentData()
         return str(data) if data else self.box.currentText()
 
     def refresh(self) -> None:
-        from studio.core.engine import CallJob
-
         kinds, settings = self.kinds, self.settings
 
         def fn(ctx: Any) -> list:
@@ -544,7 +596,9 @@ class ModelPicker(QWidget):
 
             return discover(settings, kinds=kinds)
 
-        self._job = self.bridge.submit(CallJob(fn=fn))
+        # A lane of its own: listing models is no queue entry and never waits
+        # behind an image job (it is served between steps).
+        self._job = self.bridge.interactive(_list_job(self.kinds)(fn=fn))
 
     def add_path(self, path: str, select: bool = True) -> None:
         index = self.box.findData(path)
@@ -586,6 +640,18 @@ class ModelPicker(QWidget):
             self.modelChanged.emit(self.current())
 
 
+_LIST_JOBS: dict[tuple[str, ...], type] = {}
+
+
+def _list_job(kinds: tuple[str, ...]) -> type:
+    """A CallJob class on the interactive lane "models:<kinds>"."""
+    from studio.core.engine import CallJob
+
+    if kinds not in _LIST_JOBS:
+        _LIST_JOBS[kinds] = type("ListModels", (CallJob,), {"lane": "models:" + ",".join(kinds)})
+    return _LIST_JOBS[kinds]
+
+
 class MessageLine(QLabel):
     """One line under a pane: an error (red) or notices (muted); never a modal box."""
 
@@ -609,3 +675,46 @@ class MessageLine(QLabel):
     def clear_message(self) -> None:
         self.kind = ""
         self.setText("")
+
+
+class LatestSender:
+    """At most one interactive request in flight per purpose; while it renders, newer
+    ones are coalesced into one, built from the widgets' state when it is sent.
+
+    The engine drops a result that a newer request made stale, so a drag that sends
+    faster than the model renders would otherwise never show a frame until it stops;
+    gating here keeps every render useful and the display moving at the model's pace."""
+
+    def __init__(self, bridge: Any, on_sent: Any = None) -> None:
+        self.bridge = bridge
+        self.on_sent = on_sent  # called as on_sent(job_id, purpose) for every request sent
+        self.inflight: dict[str, str] = {}
+        self.pending: dict[str, Any] = {}
+
+    def send(self, purpose: str, make_job: Any) -> str:
+        if purpose in self.inflight:
+            self.pending[purpose] = make_job
+            return ""
+        job = make_job()
+        if job is None:
+            return ""
+        job_id = self.bridge.interactive(job)
+        self.inflight[purpose] = job_id
+        if self.on_sent is not None:
+            self.on_sent(job_id, purpose)
+        return job_id
+
+    def done(self, job_id: str) -> str:
+        """After a job ended: send what waited behind it; the new job id, or ""."""
+        for purpose, running in list(self.inflight.items()):
+            if running == job_id:
+                del self.inflight[purpose]
+                make_job = self.pending.pop(purpose, None)
+                return self.send(purpose, make_job) if make_job is not None else ""
+        return ""
+
+    def purpose_of(self, job_id: str) -> str:
+        for purpose, running in self.inflight.items():
+            if running == job_id:
+                return purpose
+        return ""

@@ -28,7 +28,7 @@ class SeedField(QWidget):
         self.edit.setPlaceholderText("seed")
         self.edit.setToolTip("A whole number of 0 or more")
         self.dice = QToolButton()
-        self.dice.setText("🎲")
+        self.dice.setText("New")
         self.dice.setToolTip("New random seed (switches to Fixed)")
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)

@@ -1,0 +1,153 @@
+"""The attribute classifier and the evaluation code, on a handful of samples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from studio.paths import models_dir
+from studio.training import classifier, evaluate, world
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def quick_classifier() -> classifier.Classifier:
+    """An (almost) untrained classifier: enough to exercise the code paths."""
+    torch.set_num_threads(1)
+    return classifier.train_classifier(steps=2, batch=8, heldout=16, verbose=False)
+
+
+def test_classifier_predicts_every_head(quick_classifier: classifier.Classifier) -> None:
+    images, _, _ = world.render_batch(range(6))
+    pred = quick_classifier.predict(images)
+    assert set(pred) == set(classifier.HEADS)
+    for head, values in classifier.HEADS.items():
+        assert pred[head]["probs"].shape == (6, len(values))
+        assert set(pred[head]["label"]) <= set(values)
+        assert np.allclose(pred[head]["probs"].sum(axis=1), 1.0, atol=1e-5)
+    assert set(quick_classifier.heldout_accuracy) == set(classifier.HEADS)
+
+
+def test_background_and_crops_from_renders() -> None:
+    images, _, scenes = world.render_batch(range(50))
+    bg = classifier.border_background(images)
+    assert [world.COLOUR_NAMES[b] for b in bg] == [s.background for s in scenes]
+    crops = classifier.object_crops(classifier.foreground(images, bg))
+    assert tuple(crops.shape) == (50, 1, classifier.CROP, classifier.CROP)
+    # the crop is centred on the object: its centre is foreground, its corners are not
+    c = classifier.CROP // 2
+    assert (crops[:, 0, c, c] > 0.5).float().mean() > 0.95
+    assert (crops[:, 0, 0, 0] < 0).all()
+
+
+def test_tier2_segmentation_finds_both_objects(quick_classifier: classifier.Classifier) -> None:
+    images, _, scenes = world.render_batch(range(40), tier=2)
+    backgrounds, readings = classifier.read_objects(quick_classifier, images)
+    for s, bg, objs in zip(scenes, backgrounds, readings, strict=True):
+        assert bg == s.background
+        assert {o.colour for o in objs} == {o.colour for o in s.objects}
+        for o in objs:
+            truth = next(t for t in s.objects if t.colour == o.colour)
+            assert abs(o.cx - truth.cx) < 2.5 and abs(o.cy - truth.cy) < 2.5
+
+
+def test_tier2_scoring_of_ground_truth() -> None:
+    scene = world.render_scene(3, tier=2)
+    objs = [classifier.ObjectReading(o.colour, o.shape, 1.0, o.cx, o.cy, 100)
+            for o in scene.objects]
+    req = world.parse_caption(world.canonical_caption(
+        objects=[{"shape": o.shape, "colour": o.colour} for o in scene.objects],
+        relation=scene.relation))
+    assert evaluate.score_tier2(objs, req) == {"two_object": True, "binding": True,
+                                               "relation": True}
+    swapped = [classifier.ObjectReading(a.colour, b.shape, 1.0, a.cx, a.cy, 100)
+               for a, b in zip(objs, objs[::-1], strict=True)]
+    if scene.objects[0].shape != scene.objects[1].shape:
+        assert evaluate.score_tier2(swapped, req)["binding"] is False
+    moved = [classifier.ObjectReading(o.colour, o.shape, 1.0, p.cx, p.cy, 100)
+             for o, p in zip(objs, objs[::-1], strict=True)]
+    assert evaluate.score_tier2(moved, req)["relation"] is False
+
+
+def test_prompt_sets_cover_every_value() -> None:
+    prompts = evaluate.diffusion_prompts(40)
+    assert len(prompts) == 240
+    for task, text, req in prompts:
+        parsed = world.parse_caption(text)
+        assert parsed is not None, text
+        if task != "tier2":
+            assert {k: v for k, v in parsed.items() if v and k != "tier"} == req
+    colours = {r["colour"] for t, _, r in prompts if t == "colour"}
+    positions = {r["position"] for t, _, r in prompts if t == "position"}
+    assert colours == set(world.COLOURS) and positions == set(world.POSITIONS)
+
+
+def test_evaluation_runs_on_tiny_models(tmp_path: Path,
+                                        quick_classifier: classifier.Classifier) -> None:
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from studio.training.__main__ import main
+    from studio.training.gan_model import DEFAULT_CONFIG, build_generator
+
+    pipe_dir = tmp_path / "shapes-diffusion"
+    assert main(["shapes-diffusion", "--preset", "tiny", "--steps", "1", "--batch-size", "2",
+                 "--cache-size", "4", "--out", str(pipe_dir), "--device", "cpu"]) == 0
+    d = evaluate.evaluate_diffusion(pipe_dir, quick_classifier, n_per_task=1, steps=1,
+                                    guidances=(1.0, 7.5), negative_n=2, batch=4)
+    assert set(d["by_guidance"]) == {"1.0", "7.5"}
+    assert set(d["by_guidance"]["7.5"]) == set(evaluate.TIER1_TASKS + evaluate.TIER2_TASKS)
+    assert 0.0 <= d["negative_avoidance"] <= 1.0 and d["seconds_per_image"]["7.5"] > 0
+
+    vae_dir = tmp_path / "shapes-vae"
+    AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=4,
+                  latent_channels=4).save_pretrained(str(vae_dir))
+    v = evaluate.evaluate_vae(vae_dir, quick_classifier, n=8, pairs=4)
+    assert v["psnr_db"] > 0 and 0.0 <= v["midpoint_valid"] <= 1.0
+
+    gan_dir = tmp_path / "shapes-gan"
+    gan_dir.mkdir()
+    config = dict(DEFAULT_CONFIG, z_dim=8, base_channels=4)
+    gen = build_generator(config)
+    save_file({k: v.contiguous() for k, v in gen.state_dict().items()},
+              str(gan_dir / "model.safetensors"))
+    (gan_dir / "config.json").write_text(json.dumps(config))
+    g = evaluate.evaluate_gan(gan_dir, quick_classifier, n=16)
+    assert g["classes"] == 32 and 0 <= g["coverage"] <= 32
+
+    table = evaluate.markdown({"shapes-diffusion": d, "shapes-vae": v, "shapes-gan": g,
+                               "classifier": quick_classifier.heldout_accuracy})
+    assert "| single object |" in table and "PSNR" in table and "coverage" in table
+
+
+def test_cli_rejects_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate.main(["nope"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+
+
+def test_cached_classifier_is_accurate_on_held_out_renders() -> None:
+    weights = classifier.cache_dir() / (
+        f"attribute-classifier-v{classifier.CLASSIFIER_VERSION}.safetensors")
+    if not weights.is_file():
+        pytest.skip("no cached classifier; `python -m studio.training.evaluate` trains one")
+    clf = classifier.load_or_train(verbose=False)
+    images, _, scenes = world.render_batch(range(classifier.HELDOUT_SEED_BASE + 10_000,
+                                                 classifier.HELDOUT_SEED_BASE + 10_200))
+    pred = clf.predict(images)
+    for head in ("shape", "colour", "background", "position"):
+        truth = [getattr(s.objects[0], head) if head != "background" else s.background
+                 for s in scenes]
+        assert np.mean(pred[head]["label"] == np.array(truth, dtype=object)) >= 0.95, head
+
+
+def test_bundled_prompt_writer_scores_if_present() -> None:
+    path = models_dir() / "prompt-writer"
+    if not (path / "config.json").is_file():
+        pytest.skip("models/prompt-writer is not there yet")
+    res = evaluate.evaluate_prompt_writer(path, n=4)
+    assert res["samples"] == 4 and 0.0 <= res["validity"] <= 1.0

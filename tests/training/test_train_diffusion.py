@@ -1,0 +1,116 @@
+"""The diffusion trainer at tiny size, and the training CLI's handling of bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from studio.training.__main__ import main
+
+TINY = ["--preset", "tiny", "--batch-size", "2", "--cache-size", "8", "--threads", "1",
+        "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("diffusion") / "shapes-diffusion"
+    assert main(["shapes-diffusion", "--steps", "2", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_tiny_training_writes_a_loadable_pipeline(tiny_pipeline: Path) -> None:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    index = json.loads((tiny_pipeline / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["tokenizer"] == ["transformers", "CLIPTokenizer"]
+    assert not (tiny_pipeline / "checkpoint").exists()
+    assert (tiny_pipeline / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_pipeline))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red circle", negative_prompt="blue", num_inference_steps=2,
+               guidance_scale=3.0, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert out.images.shape == (1, 64, 64, 3)
+    assert np.isfinite(out.images).all()
+    # the project's own vocabulary: every world word is a single token
+    tok = pipe.tokenizer
+    assert tok.tokenize("a small red circle on the left") == [
+        "a</w>", "small</w>", "red</w>", "circle</w>", "on</w>", "the</w>", "left</w>"]
+    state = json.loads((tiny_pipeline / "training_state.json").read_text())
+    assert state["unet_steps_done"] == 2 and state["scaling_factor"] > 0
+
+
+def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    from studio.training import train_diffusion
+    from studio.training.common import has_checkpoint
+
+    torch.set_num_threads(1)
+    out = tmp_path / "run"
+    train_diffusion.CHECKPOINT_EVERY_S, saved = 0.0, train_diffusion.CHECKPOINT_EVERY_S
+    try:
+        # a first run whose UNet phase is interrupted after its first checkpoint
+        original = train_diffusion.save_pipeline
+
+        def interrupt(*args: object, **kwargs: object) -> None:
+            original(*args, **kwargs)
+            raise KeyboardInterrupt
+
+        train_diffusion.save_pipeline = interrupt
+        assert main(["shapes-diffusion", "--steps", "3", "--out", str(out), *TINY]) == 130
+        train_diffusion.save_pipeline = original
+        assert has_checkpoint(out)
+        assert main(["shapes-diffusion", "--steps", "3", "--out", str(out), "--resume",
+                     *TINY]) == 0
+    finally:
+        train_diffusion.CHECKPOINT_EVERY_S = saved
+        train_diffusion.save_pipeline = original
+    state = json.loads((out / "training_state.json").read_text())
+    assert state["unet_steps_done"] == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["no-such-model"], "unknown model"),
+    (["shapes-diffusion", "--steps", "0"], "--steps must be a positive integer"),
+    (["shapes-diffusion", "--batch-size", "-1"], "--batch-size must be a positive integer"),
+])
+def test_bad_arguments_give_one_line_errors(argv: list[str], message: str, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_unwritable_output_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["shapes-diffusion", "--steps", "1", "--out", str(blocker / "sub")]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ck = tmp_path / "run" / "checkpoint"
+    ck.mkdir(parents=True)
+    (ck / "state.json").write_text('{"step": 5, "extra": {"phase": "vae"}}')
+    (ck / "weights.safetensors").write_bytes(b"\x00garbage")
+    assert main(["shapes-diffusion", "--steps", "1", "--out", str(tmp_path / "run"),
+                 "--resume", *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt checkpoint file" in err and "weights.safetensors" in err
+    (ck / "state.json").write_text("{not json")
+    assert main(["shapes-diffusion", "--steps", "1", "--out", str(tmp_path / "run"),
+                 "--resume", *TINY]) == 2
+    assert "state.json" in capsys.readouterr().err
+
+
+def test_resume_without_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["shapes-diffusion", "--steps", "1", "--out", str(tmp_path / "empty"),
+                 "--resume", *TINY]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
