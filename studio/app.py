@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from studio.core.engine import Engine
     from studio.ui.bridge import Bridge
-    from studio.ui.main_window import MainWindow
+    from studio.ui.main_window import MainWindow, engine_options
 
-    engine = Engine(device=settings.device, options=settings.engine_options())
+    engine = Engine(device=settings.device, options=engine_options(settings))
     bridge = Bridge(engine)
     window = MainWindow(bridge, settings, settings_path=args.settings, persist=not args.smoke)
     window.show()
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         engine.stop(timeout=10.0)
 
     app.aboutToQuit.connect(shut_down)
+    _quit_on_interrupt(window)
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
     closed = asyncio.Event()
@@ -138,6 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     with loop:
         loop.run_until_complete(closed.wait())
     return exit_code or getattr(window, "exit_code", 0)
+
+
+def _quit_on_interrupt(window) -> None:  # noqa: ANN001
+    """Ctrl+C in the terminal closes the window (saving its state) instead of a traceback."""
+    import signal
+
+    from PySide6.QtCore import QTimer
+
+    signal.signal(signal.SIGINT, lambda *_: window.close())
+    # Python runs signal handlers only between bytecodes: wake it now and then.
+    timer = QTimer(window)
+    timer.setInterval(250)
+    timer.timeout.connect(lambda: None)
+    timer.start()
 
 
 def _run_smoke(app, window, bridge, window_shown_s: float, timeout_s: float) -> int:  # noqa: ANN001

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -25,31 +26,18 @@ ROOT = HERE.parent.parent
 PACKAGE = "latent-studio"
 ICON_SIZES = (16, 24, 32, 48, 64, 128, 256, 512)
 
-# Libraries the bundled Qt loads from the system (PyInstaller leaves the X11,
-# OpenGL and font stack to the distribution). Alternatives cover the t64
-# renames of Ubuntu 24.04 and Debian 13.
+# PyInstaller copies almost every shared library into the bundle; what it
+# leaves to the system is glibc, the OpenGL/EGL driver stack, libxcb and
+# Wayland (found by running ldd over the bundle). Fonts come from the system.
 DEPENDS = (
-    "libc6 (>= 2.31)",
     "libgl1",
     "libegl1",
-    "libfontconfig1",
-    "libfreetype6",
-    "libdbus-1-3",
-    "libglib2.0-0t64 | libglib2.0-0",
-    "libx11-6",
-    "libx11-xcb1",
-    "libxkbcommon0",
-    "libxkbcommon-x11-0",
-    "libxcb-cursor0",
-    "libxcb-icccm4",
-    "libxcb-image0",
-    "libxcb-keysyms1",
-    "libxcb-randr0",
-    "libxcb-render-util0",
-    "libxcb-shape0",
-    "libxcb-xkb1",
-    "libxcb-xinerama0",
+    "libxcb1",
+    "libwayland-client0",
+    "libwayland-cursor0",
+    "libwayland-egl1",
 )
+RECOMMENDS = ("fonts-dejavu-core | fonts-liberation2 | fonts-freefont-ttf",)
 
 DESCRIPTION = """\
 Desktop studio for local generative models
@@ -73,6 +61,29 @@ def deb_architecture() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+
+
+def glibc_floor(bundle: Path, default: str = "2.31") -> str:
+    """The newest GLIBC_x.y symbol version any binary in the bundle needs.
+
+    The bundle carries the build machine's libraries, so it runs only where
+    glibc is at least that new: build on the oldest distribution to support.
+    """
+    if shutil.which("objdump") is None:
+        return default
+    newest = tuple(int(x) for x in default.split("."))
+    for path in bundle.rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        with open(path, "rb") as fh:
+            if fh.read(4) != b"\x7fELF":
+                continue
+        out = subprocess.run(
+            ["objdump", "-T", str(path)], capture_output=True, text=True, check=False
+        ).stdout
+        for match in re.finditer(r"GLIBC_(\d+)\.(\d+)", out):
+            newest = max(newest, (int(match.group(1)), int(match.group(2))))
+    return ".".join(map(str, newest))
 
 
 def _tree_size_kib(folder: Path) -> int:
@@ -134,7 +145,8 @@ def stage(bundle: Path, staging: Path, version: str, arch: str) -> Path:
         "Architecture": arch,
         "Maintainer": "Latent Studio developers <latent-studio@users.noreply.github.com>",
         "Installed-Size": str(_tree_size_kib(staging)),
-        "Depends": ", ".join(DEPENDS),
+        "Depends": ", ".join((f"libc6 (>= {glibc_floor(bundle)})", *DEPENDS)),
+        "Recommends": ", ".join(RECOMMENDS),
         "Section": "graphics",
         "Priority": "optional",
         "Homepage": "https://github.com/latent-studio/latent-studio",

@@ -55,7 +55,6 @@ def register(sub: Any) -> None:
     p.add_argument("--scheduler", default="euler")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--height", type=int, default=64)
-    p.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     _output_args(p, "travel.gif")
     p.set_defaults(func=_travel)
 
@@ -64,6 +63,7 @@ def _output_args(p: argparse.ArgumentParser, example: str) -> None:
     p.add_argument("-o", "--output", required=True, help=f"output file: .png, .gif, .webp or .mp4 (e.g. {example})")
     p.add_argument("--fps", type=float, default=12.0, help="animation frames per second (default 12)")
     p.add_argument("--scale", type=int, default=1, help="upscale each frame by this factor (nearest)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"), help="device (default auto)")
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -118,7 +118,7 @@ def _interpolate(args: argparse.Namespace) -> int:
 
     if args.steps < 2:
         raise UserError("--steps must be at least 2.")
-    result = _run(VaeInterpolate(model=args.vae, a=args.a, b=args.b, steps=args.steps, mode=args.mode), "cpu")
+    result = _run(VaeInterpolate(model=args.vae, a=args.a, b=args.b, steps=args.steps, mode=args.mode), args.device)
     return _write(result, args, columns=len(result.frames))
 
 
@@ -126,7 +126,7 @@ def _sample_gan(args: argparse.Namespace) -> int:
     from studio.core.jobs import GanSample
 
     job = GanSample(model=args.model, seeds=parse_seeds(args.seeds), truncation=args.truncation, z_dim=args.z_dim)
-    result = _run(job, "cpu")
+    result = _run(job, args.device)
     return _write(result, args, columns=args.columns or None)
 
 

@@ -392,14 +392,16 @@ def compute_directions(gen: Generator, source: str, count: int, samples: int, se
         found = pca(z, count)
     else:
         captured: list[Any] = []
-        hook = layer.register_forward_hook(lambda m, i, o: captured.append(o.detach().flatten(1).cpu()))
-        try:
-            for i in range(0, samples, 256):
+        for i in range(0, samples, 256):
+            # Hooked only around our own batch: progress() may serve interactive
+            # requests on the same generator, whose activations must not count.
+            hook = layer.register_forward_hook(lambda m, i, o: captured.append(o.detach().flatten(1).cpu()))
+            try:
                 gen.generate(z[i : i + 256])
-                if ctx is not None:
-                    ctx.progress(min(i + 256, samples), samples)
-        finally:
-            hook.remove()
+            finally:
+                hook.remove()
+            if ctx is not None:
+                ctx.progress(min(i + 256, samples), samples)
         acts = torch.cat(captured)
         found = activation_directions(z, acts, count)
     k = found.vectors.shape[0]

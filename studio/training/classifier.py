@@ -316,11 +316,21 @@ def load_or_train(path: Path | None = None, verbose: bool = True) -> Classifier:
 
 
 def palette_segment(image: np.ndarray) -> np.ndarray:
-    """Index of the nearest palette colour per pixel (H, W), -1 where none is close."""
+    """Index of the nearest palette colour per pixel (H, W), -1 where none is close.
+
+    A pixel keeps its colour only if its four neighbours share it: the
+    anti-aliased rim between two colours can sit near a third palette colour
+    (yellow over red blends to orange) and must not count as an object.
+    """
     d = np.linalg.norm(image[..., None, :].astype(np.float32) - PALETTE, axis=-1)
     idx = d.argmin(axis=-1)
     idx[d.min(axis=-1) > PALETTE_TOLERANCE] = -1
-    return idx
+    padded = np.pad(idx, 1, mode="edge")
+    h, w = idx.shape
+    keep = np.ones_like(idx, dtype=bool)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        keep &= padded[dy:dy + h, dx:dx + w] == idx
+    return np.where(keep, idx, -1)
 
 
 @dataclass

@@ -54,7 +54,11 @@ def log(text: str) -> None:
 
 
 def diffusion_prompts(n_per_task: int, seed: int = 0) -> list[tuple[str, str, dict]]:
-    """``(task, prompt, request)`` triples; each tier-1 task cycles through its values."""
+    """``(task, prompt, request)`` triples.
+
+    Each tier-1 task pairs every value of its attribute with all four shapes in
+    turn; tier-2 prompts draw two different colours, shapes and a relation.
+    """
     rng = np.random.default_rng(seed)
     out: list[tuple[str, str, dict]] = []
     for task in TIER1_TASKS:
@@ -62,13 +66,13 @@ def diffusion_prompts(n_per_task: int, seed: int = 0) -> list[tuple[str, str, di
             shape = world.SHAPES[i % len(world.SHAPES)]
             req: dict[str, Any] = {"shape": shape}
             if task == "colour":
-                req["colour"] = world.COLOUR_NAMES[(i // len(world.SHAPES) + i) % 8]
+                req["colour"] = world.COLOUR_NAMES[(i // len(world.SHAPES)) % 8]
             elif task == "background":
-                req["background"] = world.COLOUR_NAMES[(i // len(world.SHAPES) + i) % 8]
+                req["background"] = world.COLOUR_NAMES[(i // len(world.SHAPES)) % 8]
             elif task == "size":
                 req["size"] = world.SIZES[(i // len(world.SHAPES)) % 2]
             elif task == "position":
-                req["position"] = world.POSITIONS[(i // len(world.SHAPES) + i) % 5]
+                req["position"] = world.POSITIONS[(i // len(world.SHAPES)) % 5]
             out.append((task, world.canonical_caption(**req), req))
     for _ in range(n_per_task):
         c1, c2 = rng.choice(len(world.COLOUR_NAMES), 2, replace=False)

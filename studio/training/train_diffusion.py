@@ -75,6 +75,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="wall-time budget of the UNet phase; the learning-rate schedule "
                              "follows whichever of steps or time runs out first")
+    parser.add_argument("--decoder-steps", type=int, default=None,
+                        help="steps of the final decoder fine-tuning (default: min(1200, steps))")
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="only fine-tune the decoder of the pipeline already in --out")
     parser.add_argument("--cache-size", type=int, default=None,
                         help="number of pre-encoded training latents (default: from steps)")
 
@@ -84,8 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def tokenizer_corpus() -> list[str]:
     """Text the BPE is trained on: every caption form of the world, many times over."""
-    _, captions, _ = world.render_batch(range(4000), tier=1)
-    _, captions2, _ = world.render_batch(range(1000), tier=2)
+    captions = [world.sample_scene_spec(i, 1)[2] for i in range(1500)]
+    captions2 = [world.sample_scene_spec(i, 2)[2] for i in range(300)]
     words = list(world.VOCABULARY)
     return [c for c in captions + captions2 if c] + words * 20
 
@@ -278,6 +282,65 @@ def encode_cache(vae: Any, n: int, device: str, seed: int, rng_seed: int) -> tup
     return (torch.cat(means), torch.cat(stds)), captions
 
 
+def finetune_decoder(vae: Any, steps: int, batch: int, device: str, seed: int) -> dict:
+    """Sharpen the decoder with the encoder frozen, as Stable Diffusion's ft-MSE decoder.
+
+    The latent space the UNet learned stays exactly the same; only the map back
+    to pixels improves. Latents are sampled from the posterior, like the UNet's
+    training targets, so the decoder also cleans up slightly-off latents.
+    """
+    import torch
+
+    vae.requires_grad_(False)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=0.0)
+    bar = Progress(steps, 0, desc="decoder")
+    vae.encoder.eval()
+    vae.decoder.train()
+    base = 3 * 10**9 + seed * 10**8
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = 5e-4 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        images, _, _ = world.render_batch(range(base + step * batch, base + (step + 1) * batch),
+                                          tier=1 if step % 4 else 2, caption_style="empty")
+        x = to_tensor(images, device)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample()
+        recon = vae.decode(z).sample
+        loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        bar.update(loss.item())
+    seconds = bar.close()
+    vae.requires_grad_(False)
+    vae.eval()
+    return {"decoder_steps": steps, "decoder_seconds": seconds, "decoder_loss": bar.loss}
+
+
+def decoder_only(args: argparse.Namespace) -> None:
+    """Fine-tune the decoder of the finished pipeline in ``args.out`` and save it in place."""
+    from diffusers import AutoencoderKL
+
+    out = Path(args.out)
+    if not (out / "vae" / "config.json").is_file():
+        raise TrainError(f"--decoder-only: no pipeline with a vae/ folder in {out}")
+    vae = AutoencoderKL.from_pretrained(str(out / "vae")).to(args.device or "cpu")
+    steps = int(args.decoder_steps or min(1200, int(args.steps)))
+    info = finetune_decoder(vae, steps, state_batch(getattr(args, "preset", "full"),
+                                                    int(args.batch_size)),
+                            args.device or "cpu", int(args.seed or 0))
+    vae.save_pretrained(str(out / "vae"), safe_serialization=True)
+    state_file = out / "training_state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    state.update(info)
+    write_json(state_file, state)
+    print(f"saved {out / 'vae'}")
+
+
 def tokenize(tokenizer: Any, captions: list[str], device: str) -> Any:
     # Padded to the full length, as StableDiffusionPipeline does at inference.
     return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
@@ -385,6 +448,9 @@ def save_pipeline(out: Path, modules: dict, tokenizer: Any, state: dict) -> None
 def train(args: argparse.Namespace) -> None:
     import torch
 
+    if getattr(args, "decoder_only", False):
+        decoder_only(args)
+        return
     out = Path(args.out)
     device = args.device or "cpu"
     preset = getattr(args, "preset", "full")
@@ -398,7 +464,15 @@ def train(args: argparse.Namespace) -> None:
     cache_size = getattr(args, "cache_size", None) or int(min(50000, max(64, steps * batch // 4)))
     torch.manual_seed(seed)
 
-    tokenizer = build_tokenizer(out / "tokenizer")
+    saved = read_checkpoint_state(out) if args.resume else None
+    if saved is not None and (out / "tokenizer" / "vocab.json").is_file():
+        # the checkpoint's text encoder was trained with this exact vocabulary
+        from transformers import CLIPTokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(
+            str(out / "tokenizer"), model_max_length=MAX_LENGTH, pad_token="<|endoftext|>")
+    else:
+        tokenizer = build_tokenizer(out / "tokenizer")
     vae, unet, text_encoder, noise_scheduler = build_models(preset, tokenizer)
     vae.to(device)
     unet.to(device)
@@ -410,28 +484,40 @@ def train(args: argparse.Namespace) -> None:
         "threads": torch.get_num_threads(),
     }
     phase, start = "vae", 0
-    if args.resume:
-        saved = read_checkpoint_state(out)
+    if saved is not None:
         extra = saved.get("extra", {})
         phase = extra.get("phase", "vae")
         start = int(saved.get("step", 0))
-        for key in ("vae_seconds", "unet_seconds", "scaling_factor", "vae_loss", "unet_steps_done"):
+        for key in ("vae_seconds", "unet_seconds", "scaling_factor", "vae_loss", "unet_steps_done",
+                    "unet_loss"):
             if key in extra:
                 state[key] = extra[key]
         if phase == "unet":
             load_checkpoint(out, {"vae": vae})  # the autoencoder is needed for the latent cache
+        elif phase == "decoder":
+            load_checkpoint(out, modules)  # only the decoder fine-tuning is left
     started = time.monotonic()
     if phase == "vae":
         train_vae(vae, vae_steps, state_batch(preset, batch), device, out, start, state, seed)
         start = 0
         save_checkpoint(out, 0, {"vae": vae}, None, {**state, "phase": "unet"})
     vae.requires_grad_(False)
-    cache, captions = encode_cache(vae, cache_size, device, seed, seed + 1)
-    if "scaling_factor" not in state:
-        state["scaling_factor"] = float(1.0 / cache[0].std())
-    train_unet(unet, text_encoder, tokenizer, noise_scheduler, cache, captions, steps, batch,
-               float(getattr(args, "lr", 6e-4)), device, out, start, state, modules, seed,
-               max_seconds=(args.max_minutes * 60) if getattr(args, "max_minutes", None) else None)
+    if phase != "decoder":
+        cache, captions = encode_cache(vae, cache_size, device, seed, seed + 1)
+        if "scaling_factor" not in state:
+            state["scaling_factor"] = float(1.0 / cache[0].std())
+        max_minutes = getattr(args, "max_minutes", None)
+        train_unet(unet, text_encoder, tokenizer, noise_scheduler, cache, captions, steps, batch,
+                   float(getattr(args, "lr", 6e-4)), device, out, start, state, modules, seed,
+                   max_seconds=max_minutes * 60 if max_minutes else None)
+    decoder_steps = getattr(args, "decoder_steps", None)
+    decoder_steps = int(decoder_steps) if decoder_steps is not None else min(1200, steps)
+    if decoder_steps > 0:
+        # the UNet is final: keep a usable pipeline and a resumable state before the last phase
+        save_pipeline(out, modules, tokenizer, state)
+        save_checkpoint(out, steps, modules, None, {**state, "phase": "decoder"})
+        state.update(finetune_decoder(vae, decoder_steps, state_batch(preset, batch), device,
+                                      seed))
     state["wall_seconds_this_run"] = time.monotonic() - started
     state["parameters"] = {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()}
     save_pipeline(out, modules, tokenizer, state)

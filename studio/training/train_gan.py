@@ -30,7 +30,7 @@ from studio.training.gan_model import DEFAULT_CONFIG, build_discriminator, build
 from studio.training.train_vae import Budget, cosine_lr, save_grid, to_uint8, training_batch
 
 DEFAULT_STEPS = 4000
-DEFAULT_BATCH_SIZE = 64
+DEFAULT_BATCH_SIZE = 32
 TINY_CONFIG: dict[str, Any] = dict(DEFAULT_CONFIG, z_dim=8, base_channels=4)
 
 

@@ -37,7 +37,7 @@ from studio.training.common import (
 )
 from studio.training.train_vae import Budget, cosine_lr
 
-DEFAULT_STEPS = 1500
+DEFAULT_STEPS = 2600
 DEFAULT_BATCH_SIZE = 32
 
 BOS, END, PAD = "<|bos|>", "<|end|>", "<|pad|>"
@@ -564,6 +564,56 @@ def evaluate(model, tokenizer, n: int = 100, seed: int = 1234, n_follow: int = 2
             "examples": list(zip(ideas[:20], outputs[:20], strict=True))}
 
 
+def render_prompt(prompt: str, seed: int = 0) -> np.ndarray | None:
+    """A shapes-world picture of what ``prompt`` asks for (unnamed attributes drawn at random)."""
+    parsed = world.parse_caption(prompt)
+    if parsed is None:
+        return None
+    rng = np.random.default_rng(seed)
+    bg = parsed["background"]
+    if parsed["tier"] == 1:
+        taken = {parsed["colour"]} - {None}
+        bg = bg or _choice(rng, [c for c in world.COLOUR_NAMES if c not in taken])
+        colour = parsed["colour"] or _choice(rng, [c for c in world.COLOUR_NAMES if c != bg])
+        size = parsed["size"] or _choice(rng, world.SIZES)
+        position = parsed["position"] or _choice(rng, world.POSITIONS)
+        dx, dy = world.POSITION_OFFSETS[position]
+        objects = [world.ObjectSpec(parsed["shape"], colour, size, position, 32 + dx, 32 + dy,
+                                    float(np.mean(world.SIZE_RADII[size])),
+                                    float(rng.uniform(0, 2 * np.pi)))]
+    else:
+        named = [o["colour"] for o in parsed["objects"] if o["colour"]]
+        bg = bg or _choice(rng, [c for c in world.COLOUR_NAMES if c not in named])
+        ax, ay = world.RELATION_AXES[parsed["relation"]]
+        objects = []
+        for obj, sign in zip(parsed["objects"], (1.0, -1.0), strict=True):
+            used = [o.colour for o in objects] + [bg]
+            colour = obj["colour"] or _choice(rng, [c for c in world.COLOUR_NAMES if c not in used])
+            cx = 32 + sign * ax * world.TIER2_SEPARATION
+            cy = 32 + sign * ay * world.TIER2_SEPARATION
+            objects.append(world.ObjectSpec(obj["shape"], colour, "small", "center", cx, cy, 10.0,
+                                            float(rng.uniform(0, 2 * np.pi))))
+    return world.render_from_specs([bg], [objects])[0]
+
+
+def sample_sheet(pairs: list[tuple[str, str]], path: Path | str) -> None:
+    """A PNG listing idea -> prompt with a rendering of each prompt beside it."""
+    from PIL import Image, ImageDraw
+
+    row, width = 72, 560
+    sheet = Image.new("RGB", (width, row * len(pairs) + 8), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (idea, prompt) in enumerate(pairs):
+        y = 4 + i * row
+        image = render_prompt(prompt, seed=i)
+        if image is not None:
+            sheet.paste(Image.fromarray(image), (4, y + 2))
+        draw.text((80, y + 14), f"idea:   {idea}", fill=(90, 90, 90))
+        draw.text((80, y + 36), f"prompt: {prompt}" if image is not None
+                  else f"prompt: {prompt} (not a valid prompt)", fill=(0, 0, 0))
+    sheet.save(str(path))
+
+
 def train(args: argparse.Namespace) -> None:
     import torch
 
@@ -616,6 +666,7 @@ def train(args: argparse.Namespace) -> None:
     if not tiny:
         info["evaluation"] = evaluate(model, tokenizer)
         print(json.dumps(info["evaluation"], indent=1))
+        sample_sheet([tuple(p) for p in info["evaluation"]["examples"][:12]], out / "samples.png")
     write_json(out / "training_log.json", info)
     # The finished folder is what gets bundled; the resume state is not needed any more.
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)

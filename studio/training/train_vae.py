@@ -39,7 +39,7 @@ from studio.training.vae2d_model import DEFAULT_CONFIG as VAE2D_CONFIG
 from studio.training.vae2d_model import build_vae2d
 
 # Per model (steps, batch size); the CLI leaves them as None for train() to fill in.
-DEFAULTS: dict[str, tuple[int, int]] = {"shapes-vae": (4000, 16), "shapes-vae-2d": (3000, 32)}
+DEFAULTS: dict[str, tuple[int, int]] = {"shapes-vae": (4000, 8), "shapes-vae-2d": (1500, 32)}
 TRAIN_SEED_LIMIT = 1_000_000_000
 HELDOUT_SEED_START = 2_000_000_000
 TIER2_SHARE = 0.2

@@ -92,17 +92,17 @@ class Bridge(QObject):
         future: asyncio.Future[Any] = loop.create_future()
         self._futures[job.job_id] = future
 
-        def _on_done(fut: asyncio.Future[Any]) -> None:
-            if fut.cancelled() and self._futures.pop(job.job_id, None) is not None:
-                # The awaiting task went away first: stop the job it was waiting for.
-                self.engine.cancel(job.job_id)
-
-        future.add_done_callback(_on_done)
         if job.lane:
             self.interactive(job)
         else:
             self.submit(job)
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Still registered: the awaiting task went away, not the job. Stop it too.
+            if self._futures.pop(job.job_id, None) is not None:
+                self.engine.cancel(job.job_id)
+            raise
 
     def cancel_running(self) -> bool:
         return self.engine.cancel_running()

@@ -78,6 +78,13 @@ def load_pane(title: str, spec: str, bridge: Bridge, settings: Settings) -> QWid
         return PaneError(title, spec, traceback.format_exc())
 
 
+def engine_options(settings: Settings) -> dict[str, Any]:
+    """What the engine's handlers read from settings (model folders resolve picker names)."""
+    options = settings.engine_options()
+    options.setdefault("model_folders", list(settings.model_folders))
+    return options
+
+
 def png_paths(mime: Any) -> list[Path]:
     if not mime.hasUrls():
         return []
@@ -397,7 +404,7 @@ class MainWindow(QMainWindow):
         dialog = SettingsDialog(self.settings, self)
         if dialog.exec():
             dialog.apply()
-            self.bridge.engine.options.update(self.settings.engine_options())
+            self.bridge.engine.options.update(engine_options(self.settings))
             self.save_settings()
             for pane in self.panes.values():
                 refresh = getattr(pane, "settings_changed", None)

@@ -226,3 +226,12 @@ def test_cli_sample_gan_grid_and_seeds(gan, tmp_path, capsys):
     assert Image.open(tmp_path / "row.png").size == (96, 16)
     assert main(["sample-gan", "--model", gan, "--seeds", "x", "-o", str(out)]) == 1
     assert "Cannot read seeds" in capsys.readouterr().err
+
+
+def test_directions_ignore_interactive_renders_served_meanwhile(engine, gan):
+    """PCA progress serves the interactive lane; those renders run through the same
+    generator and must not add rows to the activations."""
+    handle = engine.submit(GanDirections(model=gan, source="activations", count=2, samples=1024))
+    edits = [engine.submit(GanEdit(model=gan, seed=s)) for s in range(20)]
+    assert len(handle.result(30).vectors) == 2
+    assert isinstance(edits[-1].wait(10), Finished)

@@ -29,9 +29,9 @@ def _offline(monkeypatch):
 
 
 def test_shapes_vae_is_an_autoencoder_kl():
+    folder = _folder("shapes-vae", "config.json", "diffusion_pytorch_model.safetensors")
     from diffusers import AutoencoderKL
 
-    folder = _folder("shapes-vae", "config.json", "diffusion_pytorch_model.safetensors")
     vae = AutoencoderKL.from_pretrained(str(folder)).eval()
     from studio.training.world import render_batch
 
@@ -87,11 +87,11 @@ def test_shapes_gan_generates_fast_on_cpu():
 
 
 def test_prompt_writer_loads_with_auto_classes_and_writes_a_prompt():
+    folder = _folder("prompt-writer", "config.json", "model.safetensors", "tokenizer.json")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from studio.training.world import parse_caption
 
-    folder = _folder("prompt-writer", "config.json", "model.safetensors", "tokenizer.json")
     config = json.loads((folder / "tokenizer_config.json").read_text())
     assert "chat_template" in config
     tok = AutoTokenizer.from_pretrained(str(folder))

@@ -116,9 +116,9 @@ def test_cancelling_the_awaiting_task_cancels_the_job(qtbot, bridge):
         while bridge.running is None:
             await asyncio.sleep(0.005)
         task.cancel()
-        gate.set()
         with pytest.raises(asyncio.CancelledError):
             await task
+        gate.set()
 
     with qtbot.waitSignal(bridge.cancelled, timeout=10000, check_params_cb=lambda jid: jid == job.job_id):
         _run(scenario())

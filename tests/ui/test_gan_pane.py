@@ -93,6 +93,9 @@ def test_slerp_between_pins_and_export(qtbot, pane, tmp_path):
         pane.export_frames(str(tmp_path / "slerp.gif"))
     with Image.open(tmp_path / "slerp.gif") as im:
         assert im.n_frames == 6
+    with qtbot.waitSignal(pane.exported, timeout=10000):
+        pane.export_page(str(tmp_path / "page.png"))
+    assert Image.open(tmp_path / "page.png").size == (4 * 16, 4 * 16)
     with qtbot.waitSignal(pane.framesShown, timeout=10000) as walk:
         pane.walk_button.click()
     assert len(walk.args[0]) == 6

@@ -239,3 +239,29 @@ def test_format_eta():
     assert format_eta(0) == "0:00"
     assert format_eta(75.4) == "1:15"
     assert format_eta(3725) == "1:02:05"
+
+
+def test_settings_dialog_changes_reach_the_engine_panes_and_the_file(make_window, bridge, tmp_path, monkeypatch):
+    from studio.ui.settings_dialog import SettingsDialog
+
+    new_outputs = tmp_path / "elsewhere"
+
+    def accept(dialog):
+        dialog.outputs_edit.setText(str(new_outputs))
+        dialog.tiling.setChecked(True)
+        dialog.slicing.setChecked(True)
+        dialog.folders.addItem(str(tmp_path / "my-models"))
+        return 1
+
+    monkeypatch.setattr(SettingsDialog, "exec", accept)
+    path = tmp_path / "config" / "settings.json"
+    window = make_window(settings_path=path)
+    gallery = window.pane("Gallery")
+    window.open_settings()
+    assert bridge.engine.options["vae_tiling"] is True
+    assert bridge.engine.options["attention_slicing"] is True
+    assert bridge.engine.options["outputs_dir"] == str(new_outputs)
+    assert bridge.engine.options["model_folders"] == [str(tmp_path / "my-models")]
+    assert gallery.gallery.folder == new_outputs
+    saved = load_settings(path)
+    assert saved.vae_tiling and saved.outputs_dir == str(new_outputs)

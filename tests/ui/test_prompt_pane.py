@@ -3,6 +3,7 @@ import shutil
 
 import pytest
 import qasync
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QPlainTextEdit
 
 from studio.core.conversations import ConversationStore
@@ -91,6 +92,7 @@ def test_conversations_reopen_rename_export_delete(qtbot, pane, bridge, settings
     assert later.conversation_list.count() == 1
     later.open_conversation(conversation_id)
     assert [v.text() for v in later.chat.views] == ["castle on a hill", first.text]
+    assert later.conversation_list.currentItem().data(Qt.ItemDataRole.UserRole) == conversation_id
     later.rename_conversation(conversation_id, "Castles")
     assert later.conversation_list.item(0).text().startswith("Castles")
     out = later.store.export_markdown(conversation_id, tmp_path / "castles.md")

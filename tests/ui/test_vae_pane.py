@@ -91,6 +91,9 @@ def test_prior_grid_feeds_endpoints(qtbot, pane):
     with qtbot.waitSignal(pane.stripShown, timeout=10000) as got:
         pane.use_b.click()
     assert np.array_equal(got.args[0].frames[0], pane.prior.frames[2])
+    with qtbot.waitSignal(pane.exported, timeout=10000) as saved:
+        pane.export_prior(str(pane.settings.resolved_outputs_dir() / "prior.png"))
+    assert Image.open(saved.args[0]).size == (4 * 16, 4 * 16)
 
 
 def test_latent_map_2d_marks_images_and_click_decodes(qtbot, pane, assets):
@@ -162,3 +165,23 @@ def test_drops_in_the_real_window_reach_the_slot(qtbot, make_window, assets):
     QApplication.sendEvent(pane.slot_b.thumb, drop)
     assert pane.slot_b.source == str(assets["images"]["c"])
     assert pane.isVisible() and restored == []
+
+
+def test_gallery_picker_lists_the_outputs_newest_first(qtbot, tmp_path):
+    import os
+
+    from studio.ui.widgets.latent_views import GalleryPicker, gallery_images
+
+    folder = tmp_path / "outputs"
+    folder.mkdir()
+    for i, name in enumerate(("old.png", "new.png")):
+        Image.new("RGB", (8, 8), (i * 200, 0, 0)).save(folder / name)
+        os.utime(folder / name, (1000 + i, 1000 + i))
+    (folder / "notes.txt").write_text("x")
+    assert [p.name for p in gallery_images(folder)] == ["new.png", "old.png"]
+    picker = GalleryPicker(folder)
+    qtbot.addWidget(picker)
+    assert picker.list.count() == 2
+    picker.list.setCurrentRow(1)
+    assert picker.selected().endswith("old.png")
+    assert gallery_images(tmp_path / "missing") == []

@@ -16,7 +16,6 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QGridLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -24,6 +23,7 @@ from PySide6.QtWidgets import (
     QScrollArea,
     QSpinBox,
     QSplitter,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -129,6 +129,9 @@ class GanPane(QWidget):
         top.addWidget(self.prev_button)
         top.addWidget(self.next_button)
         top.addWidget(self.reroll_button)
+        self.page_export = ExportButton(formats=(".png",))
+        self.page_export.setToolTip("Export this page of samples as a PNG grid")
+        top.addWidget(self.page_export)
         psi_row = QHBoxLayout()
         psi_row.addWidget(QLabel("Truncation ψ"))
         psi_row.addWidget(self.psi, 1)
@@ -173,7 +176,8 @@ class GanPane(QWidget):
         pca_form.addWidget(self.reset_button, 1, 2, 1, 2)
         pca_form.addWidget(self.save_button, 2, 0, 1, 2)
         pca_form.addWidget(self.load_button, 2, 2, 1, 2)
-        pca_group = QGroupBox("Directions (GANSpace)")
+        pca_group = QWidget()
+        pca_group.setToolTip("GANSpace: principal directions of the generator's latent space")
         pca_layout = QVBoxLayout(pca_group)
         pca_layout.addLayout(pca_form)
         pca_layout.addWidget(scroll, 1)
@@ -193,15 +197,17 @@ class GanPane(QWidget):
         anim_row.addWidget(self.walk_button)
         anim_row.addWidget(self.export_button)
         self.player = FramePlayer("Slerp between two pins, or walk from the pinned seed")
-        anim_group = QGroupBox("Animation")
+        anim_group = QWidget()
         anim_layout = QVBoxLayout(anim_group)
         anim_layout.addLayout(anim_row)
         anim_layout.addWidget(self.player, 1)
 
+        self.side_tabs = QTabWidget()
+        self.side_tabs.addTab(pca_group, "Directions")
+        self.side_tabs.addTab(anim_group, "Animation")
         right = QVBoxLayout()
         right.addWidget(self.pinned_view, 2)
-        right.addWidget(pca_group, 2)
-        right.addWidget(anim_group, 3)
+        right.addWidget(self.side_tabs, 3)
         right_box = QWidget()
         right_box.setLayout(right)
 
@@ -230,6 +236,7 @@ class GanPane(QWidget):
         self.slerp_button.clicked.connect(self.interpolate_pins)
         self.walk_button.clicked.connect(self.random_walk)
         self.export_button.exportRequested.connect(self._export_dialog)
+        self.page_export.exportRequested.connect(lambda suffix: self._export_dialog(suffix, page=True))
         self._update_buttons()
 
     # ---- state -----------------------------------------------------------------------
@@ -388,6 +395,13 @@ class GanPane(QWidget):
         job = GanWalk(model=self.model, seed=seed, frames=self.frames_box.value(), truncation=self.truncation, z_dim=self.z_dim())
         return self._track(self.bridge.submit(job), "frames")
 
+    def export_page(self, path: str) -> str:
+        if self.page is None:
+            self._error("Nothing to export yet: the page has not rendered.")
+            return ""
+        job = ExportFrames(frames=tuple(self.page.frames), path=path, columns=self.grid.columns)
+        return self._track(self.bridge.submit(job), "export")
+
     def export_frames(self, path: str) -> str:
         if self.frames is None or not len(self.frames):
             self._error("Nothing to export yet: make a slerp or a walk first.")
@@ -396,16 +410,16 @@ class GanPane(QWidget):
         job = ExportFrames(frames=tuple(self.frames.frames), path=path, fps=float(self.player.fps.value()), columns=columns)
         return self._track(self.bridge.submit(job), "export")
 
-    def _export_dialog(self, suffix: str) -> None:
+    def _export_dialog(self, suffix: str, page: bool = False) -> None:
         from PySide6.QtWidgets import QFileDialog
 
         folder = Path(self.settings.resolved_outputs_dir()) if hasattr(self.settings, "resolved_outputs_dir") else Path.home()
-        default = folder / f"gan-{self.pins[0] if self.pins else self.start_seed}{suffix}"
-        path, _ = QFileDialog.getSaveFileName(self, "Export frames", str(default), f"*{suffix}")
+        name = f"gan-seeds-{self.start_seed}" if page else f"gan-{self.pins[0] if self.pins else self.start_seed}"
+        path, _ = QFileDialog.getSaveFileName(self, "Export", str(folder / f"{name}{suffix}"), f"*{suffix}")
         if path:
             if not path.lower().endswith(suffix):
                 path += suffix
-            self.export_frames(path)
+            (self.export_page if page else self.export_frames)(path)
 
     # ---- directions ------------------------------------------------------------------------
 
@@ -527,6 +541,7 @@ class GanPane(QWidget):
             self.request_edit()
         elif purpose == "frames":
             self.frames = result
+            self.side_tabs.setCurrentIndex(1)
             self.player.set_frames(list(result.frames))
             self._update_buttons()
             self.framesShown.emit(result)

@@ -466,6 +466,7 @@ class ImagePane(QWidget):
         self.jobs.extend(ids)
         self._results = []
         self.results.clear()
+        self._show_notices([])
         self._update_buttons()
         count = len(ids)
         self.caption.setText(f"Queued {count} job{'s' if count != 1 else ''}.")

@@ -267,6 +267,7 @@ class PromptPane(QWidget):
         self._sent_at = 0.0
         self._first_token_at: float | None = None
         self._loading_preset = False
+        self._unsaved = False
         # Conversation files are written by one worker, in order, off the UI
         # thread: an fsync must not stall the window while tokens stream.
         self._writer: ThreadPoolExecutor | None = None
@@ -501,10 +502,12 @@ class PromptPane(QWidget):
             shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
             shortcut.activated.connect(self.send)
 
-        # Tokens are drawn once per event-loop turn, however many arrived.
+        # The reply is redrawn at most every 40 ms (25 times a second), however
+        # many tokens arrived: each redraw re-lays out the message, and on a busy
+        # CPU that work is taken from the model. The first token shows at once.
         self._flush_timer = QTimer(self)
         self._flush_timer.setSingleShot(True)
-        self._flush_timer.setInterval(15)
+        self._flush_timer.setInterval(40)
         self._flush_timer.timeout.connect(self._flush)
 
     # ---- settings ------------------------------------------------------------------------
@@ -800,6 +803,13 @@ class PromptPane(QWidget):
         self.chat.clear()
         for message in conv.messages:
             self._add_view(message)
+        for row in range(self.conversation_list.count()):
+            item = self.conversation_list.item(row)
+            if item.data(Qt.ItemDataRole.UserRole) == conv.id:
+                self.conversation_list.blockSignals(True)
+                self.conversation_list.setCurrentItem(item)
+                self.conversation_list.blockSignals(False)
+                break
         if conv.system:
             self.system_edit.setPlainText(conv.system)
         if conv.model:
@@ -943,24 +953,16 @@ class PromptPane(QWidget):
         conv.model = model
         user = Message("user", message)
         conv.messages.append(user)
-        self._add_view(user)
-        if text is None:
-            self.input_edit.clear()
-
-        self._reply_text = ""
-        self._pending = ""
-        self._reply_view = self.chat.add(Message("assistant", "", {"model": label}))
-        self._reply_view.set_text("…")
-        self._reply_view.sendToImage.connect(self.sendPrompt)
-        self._sent_at = time.perf_counter()
-        self._first_token_at = None
         decoding = self.decoding()
+        busy_before = self.bridge.running is not None
+        # The request goes out before any widget is built: the model starts on the
+        # prompt while the window draws the new message (tokens arrive as queued
+        # signals, so none can land before this method returns).
         if model == ENDPOINT:
             self._stop_event = asyncio.Event()
             self._endpoint_task = _schedule(
                 self._run_endpoint(self.endpoint(), system, conv.turns(), decoding, self._stop_event)
             )
-            self.status_label.setText(f"Asking {self.url_edit.text().strip()}…")
         else:
             job = ChatRequest(
                 model=model,
@@ -970,9 +972,23 @@ class PromptPane(QWidget):
                 trust_remote_code=model in self.settings.llm_trusted_models,
             )
             self._job_id = self.bridge.submit(job)
-            self.status_label.setText("Loading the model…" if not self.bridge.running else "Queued…")
-        # Saved after the request is on its way, so writing it never delays the first token.
-        self._save_conversation()
+        self._sent_at = time.perf_counter()
+        self._first_token_at = None
+        self._reply_text = ""
+        self._pending = ""
+        self._add_view(user)
+        if text is None:
+            self.input_edit.clear()
+        self._reply_view = self.chat.add(Message("assistant", "", {"model": label}))
+        self._reply_view.set_text("…")
+        self._reply_view.sendToImage.connect(self.sendPrompt)
+        if model == ENDPOINT:
+            self.status_label.setText(f"Asking {self.url_edit.text().strip()}…")
+        else:
+            self.status_label.setText("Queued…" if busy_before else "Thinking…")
+        # The user's message is written once the first token is in (or the reply
+        # ends), so the write never competes with the model for the first token.
+        self._unsaved = True
         self._set_busy(True)
         self.replyStarted.emit()
         return True
@@ -998,12 +1014,18 @@ class PromptPane(QWidget):
             self._append(text)
 
     def _append(self, text: str) -> None:
-        if self._first_token_at is None:
+        first = self._first_token_at is None
+        if first:
             self._first_token_at = time.perf_counter()
             self.status_label.setText("Writing…")
+            if self._unsaved:
+                self._unsaved = False
+                self._save_conversation()
         self._pending += text
         self.replyToken.emit(text)
-        if not self._flush_timer.isActive():
+        if first:
+            self._flush()
+        elif not self._flush_timer.isActive():
             self._flush_timer.start()
 
     def _flush(self) -> None:
@@ -1024,6 +1046,7 @@ class PromptPane(QWidget):
     def _complete(self, result: Any) -> None:
         self._flush_timer.stop()
         self._pending = ""
+        self._unsaved = False
         conv = self.conversation
         view = self._reply_view
         self._reply_view = None
@@ -1061,6 +1084,11 @@ class PromptPane(QWidget):
         self.replyFinished.emit(result)
 
     def _on_failed(self, job_id: str, message: str, detail: str) -> None:
+        if job_id == self._models_job:
+            # Discovery failed: folders and the endpoint can still be picked.
+            self._set_models([])
+            self._show_error(message)
+            return
         if job_id != self._job_id:
             return
         self._job_id = ""
@@ -1078,9 +1106,10 @@ class PromptPane(QWidget):
                 view.message = reply
                 view.set_text(partial)
                 view.set_meta(reply.meta)
-                self._save_conversation()
             else:
                 self.chat.remove(view)
+        self._unsaved = False
+        self._save_conversation()
         self._set_busy(False)
         self.status_label.setText("")
         self._show_error(message)
@@ -1095,6 +1124,8 @@ class PromptPane(QWidget):
         if self._reply_view is not None:
             self.chat.remove(self._reply_view)
             self._reply_view = None
+        self._unsaved = False
+        self._save_conversation()
         self._set_busy(False)
         self.status_label.setText("Cancelled before it started.")
 

@@ -30,7 +30,13 @@ from PySide6.QtWidgets import (
 
 from studio.core.errors import UserError
 from studio.core.jobs import ExportFrames, PromptTravel, SeedTravel
-from studio.ui.widgets.latent_views import ExportButton, FramePlayer, MessageLine, TileGrid
+from studio.ui.widgets.latent_views import (
+    ExportButton,
+    FramePlayer,
+    MessageLine,
+    TileGrid,
+    WrapLabel,
+)
 
 SEED = "seed"
 PROMPT = "prompt"
@@ -112,7 +118,7 @@ class TravelPane(QWidget):
         seeds.addWidget(QLabel("→"))
         seeds.addWidget(self.seed_b)
 
-        form = QFormLayout()
+        self.form = form = QFormLayout()
         form.addRow("Travel", self.mode_box)
         form.addRow("Model", self.model_label)
         form.addRow("", self.copy_button)
@@ -150,8 +156,7 @@ class TravelPane(QWidget):
         left_box.setMaximumWidth(420)
 
         self.player = FramePlayer("Frames appear here as the travel renders")
-        self.frame_info = QLabel("")
-        self.frame_info.setWordWrap(True)
+        self.frame_info = WrapLabel("")
         self.strip = TileGrid(columns=12)
         self.strip.setMinimumHeight(60)
         self.strip.setMaximumHeight(120)
@@ -181,8 +186,8 @@ class TravelPane(QWidget):
 
     def _mode_changed(self) -> None:
         prompt = self.mode == PROMPT
-        self.prompt_b.setVisible(prompt)
-        self.travel_seeds.setVisible(prompt)
+        self.form.setRowVisible(self.prompt_b, prompt)
+        self.form.setRowVisible(self.travel_seeds, prompt)
         self.seed_b.setEnabled(not prompt or self.travel_seeds.isChecked())
 
     @property

@@ -49,6 +49,7 @@ from studio.ui.widgets.latent_views import (
     MessageLine,
     ModelPicker,
     TileGrid,
+    WrapLabel,
     accept_file_drops,
     local_paths,
 )
@@ -209,10 +210,13 @@ class VaePane(QWidget):
         self.use_b = QPushButton("Use as B")
         self.use_a.setEnabled(False)
         self.use_b.setEnabled(False)
+        self.prior_export = ExportButton(formats=(".png",))
+        self.prior_export.setEnabled(False)
         row = QHBoxLayout()
         for w in (self.prior_seed, QLabel("samples"), self.prior_count, self.prior_button, self.use_a, self.use_b):
             row.addWidget(w)
         row.addStretch(1)
+        row.addWidget(self.prior_export)
         self.prior_grid = TileGrid(columns=8)
         self.prior_grid.placeholder = "Samples of N(0, I), decoded."
         box = QWidget()
@@ -223,6 +227,7 @@ class VaePane(QWidget):
         self.prior_grid.tileClicked.connect(self._prior_clicked)
         self.use_a.clicked.connect(lambda: self._use_prior(self.slot_a))
         self.use_b.clicked.connect(lambda: self._use_prior(self.slot_b))
+        self.prior_export.exportRequested.connect(lambda suffix: self._export_dialog(suffix, prior=True))
         return box
 
     def _build_map(self) -> QWidget:
@@ -244,8 +249,7 @@ class VaePane(QWidget):
         self.map_extent.setValue(0.0)
         self.map_extent.setToolTip("Half-width of the 2-D latent plane shown; auto: where the training images lie")
         self.map_button = QPushButton("Draw map")
-        self.map_hint = QLabel("")
-        self.map_hint.setWordWrap(True)
+        self.map_hint = WrapLabel("")
         side = QGridLayout()
         side.addWidget(self.map_list, 0, 0, 1, 2)
         side.addWidget(add_file, 1, 0)
@@ -417,15 +421,23 @@ class VaePane(QWidget):
         job = ExportFrames(frames=tuple(self.strip.frames), path=path, fps=float(self.player.fps.value()), columns=columns)
         return self._track(self.bridge.submit(job), "export")
 
-    def _export_dialog(self, suffix: str) -> None:
+    def export_prior(self, path: str) -> str:
+        if self.prior is None:
+            self._error("Nothing to export yet: sample the prior first.")
+            return ""
+        job = ExportFrames(frames=tuple(self.prior.frames), path=path, columns=self.prior_grid.columns)
+        return self._track(self.bridge.submit(job), "export")
+
+    def _export_dialog(self, suffix: str, prior: bool = False) -> None:
         from PySide6.QtWidgets import QFileDialog
 
         folder = Path(self._outputs() or Path.home())
-        path, _ = QFileDialog.getSaveFileName(self, "Export the strip", str(folder / f"vae-interpolation{suffix}"), f"*{suffix}")
+        name = "vae-prior" if prior else "vae-interpolation"
+        path, _ = QFileDialog.getSaveFileName(self, "Export", str(folder / f"{name}{suffix}"), f"*{suffix}")
         if path:
             if not path.lower().endswith(suffix):
                 path += suffix
-            self.export_strip(path)
+            (self.export_prior if prior else self.export_strip)(path)
 
     # ---- engine events --------------------------------------------------------------------------
 
@@ -466,6 +478,7 @@ class VaePane(QWidget):
             self.prior = result
             self.prior_grid.columns = 8 if len(result) > 16 else 4 if len(result) > 4 else len(result)
             self.prior_grid.set_tiles(list(result.frames), list(result.labels))
+            self.prior_export.setEnabled(True)
             self.priorShown.emit(result)
         elif purpose == "map":
             self.map = result

@@ -652,12 +652,38 @@ def _list_job(kinds: tuple[str, ...]) -> type:
     return _LIST_JOBS[kinds]
 
 
-class MessageLine(QLabel):
+class WrapLabel(QLabel):
+    """A word-wrapped label that does not report height-for-width.
+
+    A wrapped QLabel makes its layout height-for-width, and a resizable scroll
+    area (the window's pane holder) then sizes the whole pane to its preferred
+    height and scrolls; this label takes the height of its text instead."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(text, parent)
+        self.setWordWrap(True)
+
+    def hasHeightForWidth(self) -> bool:
+        return False
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(40, super().minimumSizeHint().height())
+
+    def sizeHint(self) -> QSize:
+        width = max(200, self.width())
+        height = self.fontMetrics().boundingRect(0, 0, width, 10_000, Qt.TextFlag.TextWordWrap, self.text()).height()
+        return QSize(width, max(height, self.fontMetrics().height()) + 4)
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.updateGeometry()
+
+
+class MessageLine(WrapLabel):
     """One line under a pane: an error (red) or notices (muted); never a modal box."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setWordWrap(True)
+        super().__init__("", parent)
         self.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.kind = ""
 
