@@ -315,6 +315,12 @@ class TextAssembler:
 
     def __init__(self, tokenizer: Any, stop: Sequence[str] = ()) -> None:
         self.tokenizer = tokenizer
+        # The Rust tokenizer decodes a few ids in microseconds; the Python wrapper
+        # around it costs several times that, every token. Used when the wrapper
+        # would add nothing (no space clean-up).
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        clean_up = getattr(tokenizer, "clean_up_tokenization_spaces", False)
+        self._fast = backend.decode if backend is not None and not clean_up else None
         self.stop = [s for s in stop if s]
         self.ids: list[int] = []
         self._prefix = 0
@@ -324,6 +330,8 @@ class TextAssembler:
         self.hit_stop = False
 
     def _decode(self, ids: list[int]) -> str:
+        if self._fast is not None:
+            return self._fast(ids, skip_special_tokens=True)
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def add(self, token_ids: Sequence[int]) -> str:

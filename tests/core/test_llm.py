@@ -299,3 +299,35 @@ def test_remote_code_runs_only_when_trusted(engine, models, tmp_path, monkeypatc
     assert isinstance(end, Failed) and "Trust remote code" in end.message
     result = engine.run(ChatRequest(**request, trust_remote_code=True), timeout=60)
     assert result.new_tokens > 0
+
+
+def test_stop_during_beam_search_keeps_the_best_beam_so_far(engine, models):
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from studio.core.engine import CallJob
+    from studio.core.jobs import Started
+
+    @dataclass(frozen=True, kw_only=True)
+    class StopFromLane(CallJob):
+        lane: ClassVar[str] = "test-beam-stop"
+
+    job = ChatRequest(
+        model=str(models["llama"]), messages=(("user", "a red circle"),),
+        decoding=Decoding(method="beam", num_beams=3, max_new_tokens=150),
+    )
+    started = threading.Event()
+    unsubscribe = engine.subscribe(
+        lambda ev: started.set() if isinstance(ev, Started) and ev.job_id == job.job_id else None
+    )
+    try:
+        handle = engine.submit(job)
+        assert started.wait(30)
+        # Served between two beam steps (the interactive lane), it stops the search there.
+        engine.request_interactive(StopFromLane(fn=lambda ctx: engine.cancel_running()))
+        end = handle.wait(30)
+    finally:
+        unsubscribe()
+    assert isinstance(end, Finished)
+    assert end.result.stopped and end.result.finish_reason == "stopped"
+    assert end.result.new_tokens < 150
