@@ -429,7 +429,10 @@ def save_pipeline(out: Path, modules: dict, tokenizer: Any, state: dict) -> None
         clip_sample=False,
         set_alpha_to_one=False,
         steps_offset=1,
-        timestep_spacing="trailing",
+        # "leading" starts sampling at t=951 of 1000 for 20 steps: the cosine schedule's
+        # last timesteps have almost no signal left, where an epsilon model's x0 estimate
+        # (and so the first DDIM step) blows up.
+        timestep_spacing="leading",
     )
     pipe = StableDiffusionPipeline(
         vae=vae.eval(),

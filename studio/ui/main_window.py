@@ -303,8 +303,7 @@ class MainWindow(QMainWindow):
     # ---- engine state -----------------------------------------------------------
 
     def _on_engine_ready(self, device: str, device_name: str) -> None:
-        kind = {"cuda": "GPU", "mps": "GPU", "cpu": "CPU"}.get(device, device)
-        text = device_name if device_name.startswith(kind) else f"{kind}: {device_name}"
+        text = f"GPU: {device_name}" if device == "cuda" else device_name
         self.device_label.setText(text)
         self.device_label.setToolTip(f"Inference device: {device_name} ({device})")
 

@@ -11,7 +11,8 @@ two sides of each comparison so that a noisy machine affects both alike:
   * previews: the same job with a preview at every step against none;
   * cancel latency: from `cancel_running()` to the job's Cancelled event, against
     the median time of one denoising step.
-Uses models/shapes-diffusion when present, else a tiny random pipeline (said so).
+Uses the pipeline folder in $BENCH_MODEL, else models/shapes-diffusion when present,
+else a tiny random pipeline (said so in the table).
 """
 
 from __future__ import annotations
@@ -59,9 +60,13 @@ def print_table(rows: list[Row], header: str = "") -> None:
 
 
 def text_to_image_model(tmp: Path) -> tuple[Path, str]:
-    """The bundled text-to-image model, or a tiny random pipeline built in `tmp`."""
+    """BENCH_MODEL (a pipeline folder), else the bundled text-to-image model, else a
+    tiny random pipeline built in `tmp`."""
     from studio.paths import models_dir
 
+    chosen = os.environ.get("BENCH_MODEL")
+    if chosen:
+        return Path(chosen), f"{Path(chosen).name} ({chosen})"
     bundled = models_dir() / "shapes-diffusion"
     if (bundled / "model_index.json").is_file():
         return bundled, "shapes-diffusion (bundled)"

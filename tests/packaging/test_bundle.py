@@ -129,6 +129,39 @@ def test_frozen_generate_with_bundled_model(bundle: Path, tmp_path: Path) -> Non
         assert "parameters" in image.info
 
 
+@pytest.mark.parametrize("xl", [False, True], ids=["sd", "sdxl"])
+def test_frozen_generate_loads_sd_and_sdxl_folders(bundle: Path, tmp_path: Path, xl: bool) -> None:
+    """The lazily imported diffusers/transformers modules of both families are bundled."""
+    from PIL import Image
+
+    from tests.core.tiny_pipeline import make_tiny_pipeline
+
+    model = make_tiny_pipeline(tmp_path / "tiny", xl=xl)
+    target = tmp_path / "tiny.png"
+    out = subprocess.run(
+        [
+            str(bundle / "latent-studio"),
+            "generate",
+            "--model",
+            str(model),
+            "--prompt",
+            "a red circle",
+            "--steps",
+            "2",
+            "-o",
+            str(target),
+            "--quiet",
+        ],  # fmt: skip
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    with Image.open(target) as image:
+        assert image.size == (64, 64)
+
+
 def test_missing_models_folder_is_reported_not_a_crash(bundle: Path, tmp_path: Path) -> None:
     env = _env(tmp_path)
     env["LATENT_STUDIO_MODELS"] = str(tmp_path / "no-models-here")

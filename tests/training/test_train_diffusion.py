@@ -114,3 +114,28 @@ def test_resume_without_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["shapes-diffusion", "--steps", "1", "--out", str(tmp_path / "empty"),
                  "--resume", *TINY]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_decoder_only_fine_tunes_in_place(tiny_pipeline: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    copy = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline, copy)
+    before = AutoencoderKL.from_pretrained(str(copy / "vae"))
+    assert main(["shapes-diffusion", "--decoder-only", "--decoder-steps", "1", "--out",
+                 str(copy), *TINY]) == 0
+    after = AutoencoderKL.from_pretrained(str(copy / "vae"))
+    # the encoder (the UNet's latent space) is untouched, the decoder moved
+    for a, b in zip(before.encoder.parameters(), after.encoder.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in
+               zip(before.decoder.parameters(), after.decoder.parameters(), strict=True))
+    assert json.loads((copy / "training_state.json").read_text())["decoder_steps"] == 1
+
+
+def test_decoder_only_needs_a_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["shapes-diffusion", "--decoder-only", "--out", str(tmp_path), *TINY]) == 2
+    assert "no pipeline" in capsys.readouterr().err

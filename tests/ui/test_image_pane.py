@@ -150,3 +150,23 @@ def test_apply_parameters_and_reuse_last_seed(qtbot, pane):
     pane.seed.set_last(1234)
     pane.seed.set_mode("reuse")
     assert pane.requests()[0].seed == 1234
+
+
+def test_the_form_survives_a_restart(qtbot, pane, bridge, settings):
+    pane.prompt_edit.setPlainText("a large star")
+    pane.negative_edit.setPlainText("dark")
+    pane.steps.setValue(12)
+    pane.cfg.setValue(5.5)
+    pane._select_scheduler("ddim")
+    pane.batch_count.setValue(4)
+    pane.store_settings(settings)
+    again = ImagePane(bridge, settings)
+    qtbot.addWidget(again)
+    qtbot.waitUntil(lambda: again.models_loaded, timeout=20000)
+    assert again.prompt_edit.toPlainText() == "a large star"
+    assert again.negative_edit.toPlainText() == "dark"
+    assert (again.steps.int_value(), again.cfg.value()) == (12, 5.5)
+    assert again.scheduler_box.currentData() == "ddim"
+    assert again.batch_count.value() == 4
+    assert again.seed.mode == "fixed" and again.seed.next_seed() == 7
+    assert again.current_model() == "tiny-sd"

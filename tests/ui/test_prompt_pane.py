@@ -1,4 +1,5 @@
 import asyncio
+import json
 import shutil
 
 import pytest
@@ -7,6 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QPlainTextEdit
 
 from studio.core.conversations import ConversationStore
+from studio.core.endpoints import load_api_key
 from studio.core.jobs import Decoding
 from studio.ui.panes.prompt import ENDPOINT, PromptPane, format_stop, parse_stop
 from studio.ui.widgets.enhance import EnhanceButton, clean_suggestion
@@ -160,12 +162,21 @@ def run_until():
     asyncio.set_event_loop(None)
 
 
-def test_endpoint_streams_on_the_qasync_loop(qtbot, pane, run_until):
+def test_endpoint_streams_on_the_qasync_loop(qtbot, pane, run_until, settings):
     with ChatServer(api_key="") as server:
         pane.select_model(ENDPOINT)
         assert pane.endpoint_group.isVisibleTo(pane)
         pane.url_edit.setText(server.base_url)
         pane.endpoint_model_edit.setEditText("ok")
+        # The key goes to its own file (mode 600), never into the settings.
+        pane.key_edit.setText("sk-test")
+        pane.key_edit.editingFinished.emit()
+        assert load_api_key(server.base_url) == "sk-test"
+        pane.store_settings(settings)
+        assert "sk-test" not in json.dumps(settings.to_dict())
+        pane.key_edit.setText("")
+        pane.key_edit.editingFinished.emit()
+        assert load_api_key(server.base_url) == ""
         results, errors = [], []
         pane.replyFinished.connect(results.append)
         pane.replyFailed.connect(errors.append)
