@@ -38,7 +38,11 @@ def seconds_since_process_start() -> float:
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="latent-studio", description="Latent Studio window")
+    parser = argparse.ArgumentParser(
+        prog="latent-studio",
+        description="Latent Studio window",
+        epilog="Headless commands (generate, models, info, ...): latent-studio-cli --help",
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -46,8 +50,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     )
     parser.add_argument("--smoke-timeout", type=float, default=300.0, help=argparse.SUPPRESS)
     parser.add_argument("--settings", metavar="FILE", help="settings file (default: user config)")
-    parser.add_argument("--outputs", metavar="DIR", help="outputs folder for this run")
-    parser.add_argument("--device", choices=["auto", "cuda", "mps", "cpu"], help="device for this run")
+    parser.add_argument("--outputs", metavar="DIR", help="outputs folder (kept in the settings)")
+    parser.add_argument(
+        "--device", choices=["auto", "cuda", "mps", "cpu"], help="device (kept in the settings)"
+    )
     # Qt's own options (-platform, -style, ...) pass through to QApplication.
     return parser.parse_known_args(argv)
 

@@ -128,7 +128,8 @@ def _chat_local(args: Any, settings: Any, system: str, messages: Any, decoding: 
     from studio.core.jobs import ChatRequest, Token
 
     hf_logging.disable_progress_bar()
-    model = args.model or settings.llm_model or "prompt-writer"
+    saved = settings.llm_model if not settings.llm_model.startswith("endpoint:") else ""
+    model = args.model or saved or "prompt-writer"
     job = ChatRequest(
         model=model,
         system=system,

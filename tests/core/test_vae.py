@@ -180,6 +180,14 @@ def test_bad_vae_inputs_are_clear_and_the_engine_lives_on(engine, models, tmp_pa
         engine.run(VaePriorGrid(model=str(wrong)))
     with pytest.raises(UserError, match="not a VAE"):
         engine.run(VaePriorGrid(model=str(tmp_path)))
+    import shutil
+
+    kl = tmp_path / "wrong-kl"
+    shutil.copytree(models["kl"], kl)
+    config = json.loads((kl / "config.json").read_text())
+    (kl / "config.json").write_text(json.dumps({**config, "latent_channels": 8}))
+    with pytest.raises(UserError, match="Cannot load the VAE"):
+        engine.run(VaePriorGrid(model=str(kl)))
     assert len(engine.run(VaePriorGrid(model=models["2d"], count=2))) == 2
 
 

@@ -162,6 +162,30 @@ def test_frozen_generate_loads_sd_and_sdxl_folders(bundle: Path, tmp_path: Path,
         assert image.size == (64, 64)
 
 
+def test_frozen_chat_with_bundled_prompt_writer(bundle: Path, tmp_path: Path) -> None:
+    if not (bundle / "_internal" / "models" / "prompt-writer" / "config.json").is_file():
+        pytest.skip("the bundle was built without models/prompt-writer")
+    out = subprocess.run(
+        [
+            str(bundle / "latent-studio"),
+            "chat",
+            "--model",
+            "prompt-writer",
+            "--prompt",
+            "a red circle",
+            "--greedy",
+            "--max-new-tokens",
+            "24",
+        ],  # fmt: skip
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip()
+
+
 def test_missing_models_folder_is_reported_not_a_crash(bundle: Path, tmp_path: Path) -> None:
     env = _env(tmp_path)
     env["LATENT_STUDIO_MODELS"] = str(tmp_path / "no-models-here")

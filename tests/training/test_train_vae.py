@@ -87,3 +87,28 @@ def test_psnr_of_identical_and_different_images():
     b[..., 0] = 255
     assert psnr(a, a) > 90
     assert psnr(a, b) == pytest.approx(10 * np.log10(3), abs=1e-6)
+
+
+def test_resume_continues_from_a_checkpoint(tmp_path):
+    from studio.training.common import save_checkpoint
+    from studio.training.train_vae import TINY_2D_CONFIG
+
+    vae = build_vae2d(TINY_2D_CONFIG)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    vae(torch.zeros(1, 3, 64, 64))[0].mean().backward()
+    opt.step()
+    save_checkpoint(tmp_path, 3, {"vae": vae}, {"opt": opt})
+    rc = main(["shapes-vae-2d", "--tiny", "--steps", "4", "--batch-size", "2",
+               "--out", str(tmp_path), "--resume"])
+    assert rc == 0
+    assert json.loads((tmp_path / "training_log.json").read_text())["steps"] == 4
+
+
+def test_resume_with_a_corrupt_checkpoint_names_the_file(tmp_path, capsys):
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "state.json").write_text('{"step": 1}')
+    (folder / "weights.safetensors").write_bytes(b"not safetensors")
+    rc = main(["shapes-vae-2d", "--tiny", "--steps", "2", "--out", str(tmp_path), "--resume"])
+    assert rc == 2
+    assert "weights.safetensors" in capsys.readouterr().err

@@ -27,6 +27,8 @@ def test_newest_first_and_survives_a_restart(qtbot, bridge, settings):
     second = _save(folder, "second", 2)
     pane = _pane(qtbot, bridge, settings)
     assert pane.paths() == [second.path, first.path]
+    qtbot.waitUntil(lambda: pane.thumbnails_pending() == 0)
+    assert not pane.list.item(0).icon().isNull()
     pane.close()
     pane.shutdown()
 

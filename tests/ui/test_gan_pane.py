@@ -123,3 +123,17 @@ def test_bad_generators_show_a_message_and_the_pane_keeps_working(qtbot, pane, t
     with qtbot.waitSignal(pane.gridShown, timeout=10000):
         pane.picker.add_path(good)
     assert pane.message.kind != "error"
+
+
+def test_bundled_generator_is_listed_and_loaded_when_the_pane_opens(qtbot, bridge, settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENT_STUDIO_MODELS", str(tmp_path / "models"))
+    make_dcgan(tmp_path / "models" / "shapes-gan")
+    pane = GanPane(bridge, settings)
+    qtbot.addWidget(pane)
+    changes = []
+    pane.picker.modelChanged.connect(changes.append)
+    with qtbot.waitSignal(pane.gridShown, timeout=30000):
+        pane.show()
+    assert pane.picker.box.count() == 1 and pane.model == "shapes-gan"
+    assert changes == ["shapes-gan"]
+    assert pane.grid.count() == 16

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSize, Qt, QUrl, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QIcon, QImageReader, QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -58,6 +58,10 @@ class GalleryPane(QWidget):
         self.settings = settings
         self.gallery: Gallery | None = None
         self._items: dict[str, GalleryItem] = {}
+        self._unthumbed: list[QListWidgetItem] = []
+        self._thumb_timer = QTimer(self)
+        self._thumb_timer.setInterval(0)
+        self._thumb_timer.timeout.connect(self._load_thumbnails)
 
         self.list = QListWidget()
         self.list.setObjectName("galleryList")
@@ -140,6 +144,7 @@ class GalleryPane(QWidget):
         self._items = {str(item.path): item for item in items}
         self.list.blockSignals(True)
         self.list.clear()
+        self._unthumbed.clear()
         for item in items:
             self.list.addItem(self._entry(item))
         self.list.blockSignals(False)
@@ -178,10 +183,29 @@ class GalleryPane(QWidget):
 
     def _entry(self, item: GalleryItem) -> QListWidgetItem:
         label = f"seed {item.seed}" if item.seed is not None else item.path.stem
-        entry = QListWidgetItem(QIcon(thumbnail(item.path)), label)
+        entry = QListWidgetItem(label)
         entry.setData(_PATH, str(item.path))
         entry.setToolTip(item.prompt or item.path.name)
+        # Decoded a few at a time from the event loop: a large history must not
+        # freeze the window while its thumbnails load.
+        self._unthumbed.append(entry)
+        self._thumb_timer.start()
         return entry
+
+    def _load_thumbnails(self) -> None:
+        deadline = time.monotonic() + 0.015
+        while self._unthumbed and time.monotonic() < deadline:
+            entry = self._unthumbed.pop(0)
+            try:
+                if entry.listWidget() is self.list:
+                    entry.setIcon(QIcon(thumbnail(Path(entry.data(_PATH)))))
+            except RuntimeError:
+                continue  # the item was deleted with a reload
+        if not self._unthumbed:
+            self._thumb_timer.stop()
+
+    def thumbnails_pending(self) -> int:
+        return len(self._unthumbed)
 
     def _update_status(self) -> None:
         assert self.gallery is not None

@@ -402,6 +402,7 @@ class PromptPane(QWidget):
         endpoint_form.addRow("Key", self.key_edit)
         endpoint_form.addRow(self.extras_box)
         self.url_edit.editingFinished.connect(self._load_key)
+        self.extras_box.toggled.connect(self._method_changed)
 
         self.system_edit = QPlainTextEdit()
         self.system_edit.setObjectName("systemPrompt")

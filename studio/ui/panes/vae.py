@@ -23,7 +23,6 @@ from PySide6.QtWidgets import (
     QListWidget,
     QPushButton,
     QSpinBox,
-    QSplitter,
     QTabWidget,
     QVBoxLayout,
     QWidget,
@@ -184,10 +183,10 @@ class VaePane(QWidget):
         right_box = QWidget()
         right_box.setLayout(right)
 
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(left)
-        split.addWidget(right_box)
-        split.setStretchFactor(1, 1)
+        split = QWidget()
+        row = QHBoxLayout(split)
+        row.addWidget(left)
+        row.addWidget(right_box, 1)
 
         self.slot_a.changed.connect(self._endpoint_changed)
         self.slot_b.changed.connect(self._endpoint_changed)
@@ -270,10 +269,10 @@ class VaePane(QWidget):
         side_box.setLayout(side)
         side_box.setMaximumWidth(280)
         self.map_view = LatentMapView()
-        box = QSplitter(Qt.Orientation.Horizontal)
-        box.addWidget(side_box)
-        box.addWidget(self.map_view)
-        box.setStretchFactor(1, 1)
+        box = QWidget()
+        row = QHBoxLayout(box)
+        row.addWidget(side_box)
+        row.addWidget(self.map_view, 1)
         add_file.clicked.connect(self._map_add_file)
         add_gallery.clicked.connect(self._map_add_gallery)
         add_ends.clicked.connect(self._map_add_ends)
@@ -484,7 +483,7 @@ class VaePane(QWidget):
             self.map = result
             caption = "2-D latent plane" if result.two_d else "plane through the three encodings"
             self.map_view.set_map(result.image, result.grid, result.extent, list(result.markers), caption)
-            self.map_hint.setText("Click anywhere on the map to decode that point.")
+            self.map_hint.setText("Click the map to decode a point.")
             self.mapShown.emit(result)
         elif purpose == "point":
             self.point_view.set_image(result.image, f"({result.params['x']:.2f}, {result.params['y']:.2f})")

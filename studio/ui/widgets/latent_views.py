@@ -636,7 +636,7 @@ class ModelPicker(QWidget):
         self.box.setCurrentIndex(index)
         self.box.blockSignals(False)
         self.modelsListed.emit(result)
-        if self.box.count():
+        if self.box.count() and self.current() != previous:
             self.modelChanged.emit(self.current())
 
 
