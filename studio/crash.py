@@ -142,8 +142,9 @@ def show_message(title: str, text: str, *, detail: str = "", critical: bool = Tr
     box.setText(text)
     if detail:
         box.setDetailedText(detail)
-    # The log path must be copyable into a bug report.
+    # The log path must be copyable into a bug report, and paths read best unwrapped.
     box.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+    box.setStyleSheet("QLabel#qt_msgbox_label { min-width: 36em; }")
     _exec_dialog(box)
     return True
 
@@ -208,7 +209,9 @@ def _report(
         log = write_crash_log(exc_type, exc, tb, app_name=app_name, thread_name=thread_name)
     except Exception:  # noqa: BLE001 - the report itself must never raise
         log = None
-    traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
+    # A windowed Windows build has no stderr at all (sys.stderr is None).
+    if sys.stderr is not None:
+        traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
     print(
         f"{APP_TITLE}: crash log written to {log}" if log else f"{APP_TITLE}: no crash log written",
         file=sys.stderr,

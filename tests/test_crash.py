@@ -220,3 +220,19 @@ def test_all_unwritable_folders_in_one_message(
     assert problem.fatal
     assert problem.message.startswith("Cannot write to the settings, data, cache and log folders:")
     assert problem.message.count("Not a directory") == 4
+
+
+def test_crash_without_stderr_still_logs_and_shows_the_dialog(
+    installed: Path, qapp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A windowed Windows build runs with sys.stderr = None."""
+    shown: list[str] = []
+    monkeypatch.setattr(sys, "stderr", None)
+    monkeypatch.setattr(crash, "dialogs_possible", lambda: True)
+    monkeypatch.setattr(crash, "_exec_dialog", lambda box: shown.append(box.text()))
+    try:
+        _raise("no console")
+    except RuntimeError as exc:
+        log = crash._report(type(exc), exc, exc.__traceback__, "MainThread")
+    assert log is not None and "no console" in log.read_text()
+    assert len(shown) == 1 and str(log) in shown[0]

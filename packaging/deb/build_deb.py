@@ -95,16 +95,9 @@ def _tree_size_kib(folder: Path) -> int:
 
 
 def _copy_bundle(bundle: Path, dest: Path) -> None:
-    """Hard-link when possible: the bundle is a gigabyte and dpkg-deb only reads it."""
-
-    def link_or_copy(src: str, dst: str) -> str:
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-        return dst
-
-    shutil.copytree(bundle, dest, symlinks=True, copy_function=link_or_copy)
+    # A real copy, not hard links: dpkg-deb's tar fails if a file's link count
+    # (and so its ctime) changes while it reads, e.g. when the bundle is rebuilt.
+    shutil.copytree(bundle, dest, symlinks=True)
 
 
 def _install(src: Path, dest: Path, mode: int) -> None:

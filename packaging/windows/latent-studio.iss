@@ -1,6 +1,6 @@
 ; Inno Setup script for Latent Studio on Windows.
 ;
-; Build on Windows, from the repository root:
+; Build on Windows (Inno Setup 6.3 or newer), from the repository root:
 ;   pip install -e ".[package]"
 ;   python packaging\build.py --no-deb
 ;   "C:\Program Files (x86)\Inno Setup 6\ISCC.exe" packaging\windows\latent-studio.iss

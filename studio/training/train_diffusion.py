@@ -1,15 +1,19 @@
 """Train ``shapes-diffusion``: a complete Stable Diffusion pipeline from scratch.
 
-Two phases, both on shapes-world scenes rendered on the fly:
+Four phases, all on shapes-world scenes rendered on the fly:
 
 1. an ``AutoencoderKL`` (downsample factor 4, 4 latent channels) on images,
    with a small KL term; its ``scaling_factor`` is then set from the latent std;
-2. a ``UNet2DConditionModel`` jointly with a small ``CLIPTextModel`` on cached
-   latents, epsilon prediction with min-SNR weighting. The world's captions are
-   empty about one time in ten, which trains the unconditional prediction that
-   classifier-free guidance and negative prompts use; a few captions are bare
-   attribute lists ("red, blue") so that negative prompts written that way
-   mean something to the text encoder.
+2. a small ``CLIPTextModel`` learns to name every attribute a caption asks for
+   (linear heads on its states; see ``pretrain_text_encoder``);
+3. a ``UNet2DConditionModel`` on cached latents, reading the frozen text
+   encoder through cross-attention; epsilon prediction with min-SNR weighting.
+   The world's captions are empty about one time in ten, which trains the
+   unconditional prediction that classifier-free guidance and negative prompts
+   use; a few captions are bare attribute lists ("red, blue") so that negative
+   prompts written that way mean something;
+4. the decoder is fine-tuned with the encoder frozen, sharpening the output
+   without moving the latent space the UNet learned.
 
 The result is written with ``save_pretrained`` as a ``StableDiffusionPipeline``
 folder with the project's own CLIP-format BPE tokenizer.
@@ -79,6 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps of the final decoder fine-tuning (default: min(1200, steps))")
     parser.add_argument("--decoder-only", action="store_true",
                         help="only fine-tune the decoder of the pipeline already in --out")
+    parser.add_argument("--text-steps", type=int, default=400,
+                        help="text-encoder pre-training steps (batch 128) before the UNet phase")
+    parser.add_argument("--init-from", default=None,
+                        help="start from the autoencoder, tokenizer and UNet (as a warm start) "
+                             "of an earlier pipeline folder; skips the autoencoder phase")
     parser.add_argument("--cache-size", type=int, default=None,
                         help="number of pre-encoded training latents (default: from steps)")
 
@@ -262,6 +271,96 @@ def train_vae(vae: Any, steps: int, batch: int, device: str, out: Path, start: i
     state["vae_loss"] = bar.loss
 
 
+AUX_HEADS: dict[str, tuple[str, ...]] = {
+    "shape1": world.SHAPES, "colour1": world.COLOUR_NAMES, "size": world.SIZES,
+    "position": world.POSITIONS, "background": world.COLOUR_NAMES,
+    "shape2": world.SHAPES, "colour2": world.COLOUR_NAMES, "relation": world.RELATIONS,
+}
+
+
+def caption_targets(caption: str) -> dict[str, int]:
+    """What a caption asks for, as one class per head; ``len(values)`` means "not named"."""
+    t = {k: len(v) for k, v in AUX_HEADS.items()}
+    parsed = world.parse_caption(caption)
+    if parsed is None:
+        # bare attribute lists: "red, blue" / "circle, star"
+        words = [w.strip() for w in caption.split(",") if w.strip()]
+        for i, w in enumerate(words[:2]):
+            if w in world.COLOURS:
+                t[f"colour{i + 1}"] = world.COLOUR_NAMES.index(w)
+            elif w in world.SHAPES:
+                t[f"shape{i + 1}"] = world.SHAPES.index(w)
+        return t
+    if parsed["tier"] == 2:
+        for i, obj in enumerate(parsed["objects"]):
+            t[f"shape{i + 1}"] = world.SHAPES.index(obj["shape"])
+            if obj["colour"]:
+                t[f"colour{i + 1}"] = world.COLOUR_NAMES.index(obj["colour"])
+        t["relation"] = world.RELATIONS.index(parsed["relation"])
+    else:
+        t["shape1"] = world.SHAPES.index(parsed["shape"])
+        for head, key in (("colour1", "colour"), ("size", "size"), ("position", "position")):
+            if parsed[key]:
+                t[head] = AUX_HEADS[head].index(parsed[key])
+    if parsed["background"]:
+        t["background"] = world.COLOUR_NAMES.index(parsed["background"])
+    return t
+
+
+def pretrain_text_encoder(text_encoder: Any, tokenizer: Any, steps: int, batch: int,
+                          device: str, seed: int) -> dict:
+    """Teach the text encoder to spell out what a caption asks for.
+
+    Jointly trained from scratch with the UNet, a tiny text encoder gives nearly
+    identical states for every caption and the UNet learns to ignore it. So it
+    first learns, through small linear heads on every state from the end-of-
+    text token on, to name each requested attribute (or "not named"); the UNet
+    then reads these states through cross-attention with the encoder frozen.
+    """
+    import torch
+    from torch import nn
+
+    hidden = text_encoder.config.hidden_size
+    heads = nn.ModuleDict({k: nn.Linear(hidden, len(v) + 1) for k, v in AUX_HEADS.items()})
+    heads.to(device)
+    params = list(text_encoder.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
+    rng = np.random.default_rng(seed + 17)
+    eos = tokenizer.eos_token_id
+    bar = Progress(steps, 0, desc="text encoder")
+    text_encoder.train()
+    base = 4 * 10**9 + seed * 10**8
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * 0.5 * (1 + math.cos(math.pi * step / steps))
+        captions = []
+        for i in range(batch):
+            tier = 2 if rng.random() < TIER2_SHARE else 1
+            _, objects, caption, _, _ = world.sample_scene_spec(base + step * batch + i, tier)
+            if caption and rng.random() < ATTRIBUTE_LIST_SHARE:
+                fake = world.Scene(np.zeros(0), caption, "", objects, tier, frozenset())
+                caption = attribute_list_caption(rng, fake)
+            captions.append(caption)
+        ids = tokenize(tokenizer, captions, device)
+        states = text_encoder(ids)[0]
+        # positions from the first end-of-text token on have seen the whole caption
+        after = (ids == eos).long().cumsum(dim=1) > 0
+        targets = [caption_targets(c) for c in captions]
+        loss = 0.0
+        for k, head in heads.items():
+            logits = head(states[after])
+            per_caption = torch.tensor([t[k] for t in targets], device=device)
+            tgt = per_caption[:, None].expand(-1, ids.shape[1])[after]
+            loss = loss + nn.functional.cross_entropy(logits, tgt)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.update(float(loss.item()))
+    seconds = bar.close()
+    text_encoder.eval()
+    return {"text_steps": steps, "text_seconds": seconds, "text_loss": bar.loss}
+
+
 def encode_cache(vae: Any, n: int, device: str, seed: int, rng_seed: int) -> tuple[Any, list[str]]:
     """Pre-encode ``n`` training scenes to latent (mean, std) pairs."""
     import torch
@@ -361,7 +460,8 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
                max_seconds: float | None = None) -> None:
     import torch
 
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = list(unet.parameters())
+    text_encoder.requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     if start > 0:
         load_checkpoint(out, modules, {"unet": opt})
@@ -371,7 +471,7 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     bar = Progress(steps, start, desc="unet+text")
     last_save = time.monotonic()
     unet.train()
-    text_encoder.train()
+    text_encoder.eval()
     sf = state["scaling_factor"]
     warmup = max(1, min(200, steps // 10))
     spent = float(state.get("unet_seconds", 0.0))  # time of earlier, interrupted runs
@@ -396,7 +496,8 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen).to(device)
         noisy = scheduler.add_noise(latents, noise, t)
         ids = tokenize(tokenizer, [captions[i] for i in idx.tolist()], device)
-        cond = text_encoder(ids)[0]
+        with torch.no_grad():
+            cond = text_encoder(ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
         per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
         loss = (per_sample * min_snr_weights(scheduler, t)).mean()
@@ -468,15 +569,31 @@ def train(args: argparse.Namespace) -> None:
     torch.manual_seed(seed)
 
     saved = read_checkpoint_state(out) if args.resume else None
-    if saved is not None and (out / "tokenizer" / "vocab.json").is_file():
-        # the checkpoint's text encoder was trained with this exact vocabulary
+    init_from = Path(args.init_from) if getattr(args, "init_from", None) else None
+    if init_from is not None and not (init_from / "unet" / "config.json").is_file():
+        raise TrainError(f"--init-from: no pipeline with a unet/ folder in {init_from}")
+    vocab_dir = out / "tokenizer" if saved is not None else (
+        init_from / "tokenizer" if init_from is not None else None)
+    if vocab_dir is not None and (vocab_dir / "vocab.json").is_file():
+        # the checkpoint's (or the earlier run's) models use this exact vocabulary
         from transformers import CLIPTokenizer
 
         tokenizer = CLIPTokenizer.from_pretrained(
-            str(out / "tokenizer"), model_max_length=MAX_LENGTH, pad_token="<|endoftext|>")
+            str(vocab_dir), model_max_length=MAX_LENGTH, pad_token="<|endoftext|>")
     else:
         tokenizer = build_tokenizer(out / "tokenizer")
     vae, unet, text_encoder, noise_scheduler = build_models(preset, tokenizer)
+    phase, start = "vae", 0
+    state_init: dict[str, Any] = {}
+    if init_from is not None and saved is None:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        vae = AutoencoderKL.from_pretrained(str(init_from / "vae"))
+        unet = UNet2DConditionModel.from_pretrained(str(init_from / "unet"))
+        state_init = {"scaling_factor": float(vae.config.scaling_factor),
+                      "init_from": str(init_from)}
+        phase = "text"
+        tokenizer.save_pretrained(str(out / "tokenizer"))
     vae.to(device)
     unet.to(device)
     text_encoder.to(device)
@@ -486,25 +603,32 @@ def train(args: argparse.Namespace) -> None:
         "seed": seed, "cache_size": cache_size, "device": device,
         "threads": torch.get_num_threads(),
     }
-    phase, start = "vae", 0
+    state.update(state_init)
     if saved is not None:
         extra = saved.get("extra", {})
         phase = extra.get("phase", "vae")
         start = int(saved.get("step", 0))
         for key in ("vae_seconds", "unet_seconds", "scaling_factor", "vae_loss", "unet_steps_done",
-                    "unet_loss"):
+                    "unet_loss", "text_steps", "text_seconds", "text_loss", "init_from"):
             if key in extra:
                 state[key] = extra[key]
-        if phase == "unet":
-            load_checkpoint(out, {"vae": vae})  # the autoencoder is needed for the latent cache
-        elif phase == "decoder":
-            load_checkpoint(out, modules)  # only the decoder fine-tuning is left
+        if phase != "vae":
+            # phase boundaries save every module; later steps restore the optimiser too
+            load_checkpoint(out, modules)
     started = time.monotonic()
     if phase == "vae":
         train_vae(vae, vae_steps, state_batch(preset, batch), device, out, start, state, seed)
         start = 0
-        save_checkpoint(out, 0, {"vae": vae}, None, {**state, "phase": "unet"})
+        phase = "text"
+        save_checkpoint(out, 0, modules, None, {**state, "phase": phase})
     vae.requires_grad_(False)
+    if phase == "text":
+        text_steps = int(getattr(args, "text_steps", 400) or 0)
+        if text_steps > 0:
+            state.update(pretrain_text_encoder(text_encoder, tokenizer, text_steps,
+                                               128 if preset == "full" else 4, device, seed))
+        phase = "unet"
+        save_checkpoint(out, 0, modules, None, {**state, "phase": phase})
     if phase != "decoder":
         cache, captions = encode_cache(vae, cache_size, device, seed, seed + 1)
         if "scaling_factor" not in state:
