@@ -143,10 +143,21 @@ def test_presets_and_stop_strings(pane):
     assert parse_stop(format_stop(("\n", "a,b"))) == ("\n", "a,b")
 
 
+_LOOPS: list = []
+
+
 @pytest.fixture
 def run_until():
-    """The app's qasync loop, for the endpoint path; returns `run(condition)`."""
-    loop = qasync.QEventLoop(QApplication.instance(), already_running=False)
+    """The app's qasync loop, for the endpoint path; returns `run(condition)`.
+
+    Like the app's, the loop lives as long as the process. qasync leaves a Qt timer
+    behind for every cancelled callback (httpx's timeouts); a loop collected while
+    one is pending (by a garbage collection on another thread) leaves Qt a
+    dangling timer that crashes a later test.
+    """
+    if not _LOOPS:
+        _LOOPS.append(qasync.QEventLoop(QApplication.instance(), already_running=False))
+    loop = _LOOPS[0]
     asyncio.set_event_loop(loop)
 
     def run(until, timeout=10.0):
@@ -158,7 +169,6 @@ def run_until():
         loop.run_until_complete(wait())
 
     yield run
-    loop.close()
     asyncio.set_event_loop(None)
 
 
