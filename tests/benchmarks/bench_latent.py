@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---- VAE: 16-frame strip, submit → shown --------------------------------------------
     vae_pane = VaePane(bridge, settings)
     vae_pane.show()
-    strips: list[tuple[str, list[float], float]] = []
+    strips: list[tuple[str, list[float], float, float]] = []
     for vae_path, vae_label in vaes:
         vae_pane.prior = None
         vae_pane.picker.add_path(vae_path)
@@ -243,9 +243,14 @@ def main(argv: list[str] | None = None) -> int:
             vae_pane._track(bridge.submit(job), "strip")
             _spin(app, 30, lambda d=done: bool(d))
             vae_pane.stripShown.disconnect()
-            if i:  # the first one loads the model
+            if i:
                 times.append((done[0] - t0) * 1000)
-        strips.append((vae_label, times, beat.stop()))
+            else:
+                # The first strip loads the model (and imports diffusers, which holds
+                # the GIL for a while): timed apart, as the one-off it is.
+                load_gap = beat.stop()
+                beat.start()
+        strips.append((vae_label, times, beat.stop(), load_gap))
 
     engine.stop()
     bridge.close()
@@ -261,11 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("  image job meanwhile", f"{busy['steps_per_s']:.1f} steps/s", "the lane is served between steps"))
         rows.append(("  UI heartbeat worst gap", f"{busy['worst_gap_ms']:.1f} ms", f"goal ≤ 50 → {'met' if busy['worst_gap_ms'] <= 50 else 'missed'}"))
         rows.append(("  busy / idle frame-rate ratio", f"{busy['frames_per_s'] / max(idle['frames_per_s'], 1e-9):.2f}", ""))
-    for label, times, gap in strips:
+    for label, times, gap, load_gap in strips:
         med = statistics.median(times)
         rows.append((f"VAE 16-frame slerp strip, submit → shown: {label.split(' ')[0]}", f"median {med:.1f} ms, max {max(times):.1f} ms",
                      f"goal ≤ 50 → {'met' if med <= 50 else 'missed'}"))
         rows.append(("  UI heartbeat worst gap", f"{gap:.1f} ms", f"goal ≤ 50 → {'met' if gap <= 50 else 'missed'}"))
+        rows.append(("  UI heartbeat worst gap, loading the model", f"{load_gap:.1f} ms", "once per model"))
 
     import torch
 
