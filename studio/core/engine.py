@@ -254,14 +254,18 @@ class Engine:
         self._handles[job.job_id] = handle
         with self._cond:
             self._queue.append(job)
-            pending = tuple(self._queue)
             self._cond.notify_all()
-        self._emit(QueueChanged("", pending))
+            self._emit_queue()
         return handle
 
     def run(self, job: Job, timeout: float | None = None) -> Any:
         """Submit and block until done; the result, or UserError. Not for the UI thread."""
         return self.submit(job).result(timeout)
+
+    def _emit_queue(self) -> None:
+        # Called with the lock held, so queue snapshots reach listeners in the order
+        # the queue changed (a later snapshot can never be overtaken by an earlier one).
+        self._emit(QueueChanged("", tuple(self._queue)))
 
     def pending(self) -> tuple[Job, ...]:
         with self._cond:
@@ -293,20 +297,20 @@ class Engine:
             found = [j for j in self._queue if j.job_id == job_id]
             for j in found:
                 self._queue.remove(j)
-            pending = tuple(self._queue)
+            if found:
+                self._emit_queue()
         if found:
             self._emit(Cancelled(job_id))
-            self._emit(QueueChanged("", pending))
         return bool(found)
 
     def clear_queue(self) -> int:
         with self._cond:
             removed = list(self._queue)
             self._queue.clear()
+            if removed:
+                self._emit_queue()
         for job in removed:
             self._emit(Cancelled(job.job_id))
-        if removed:
-            self._emit(QueueChanged("", ()))
         return len(removed)
 
     # ---- interactive lane ---------------------------------------------------------
@@ -360,11 +364,11 @@ class Engine:
                 if self._stopping:
                     return
                 batch_job = None if self._mailbox else self._queue.popleft()
-                pending = tuple(self._queue)
+                if batch_job is not None:
+                    self._emit_queue()
             if batch_job is None:
                 self._serve_interactive()
                 continue
-            self._emit(QueueChanged("", pending))
             self._execute(batch_job, 0, interactive=False)
 
     def _execute(self, job: Job, generation: int, interactive: bool) -> None:

@@ -125,12 +125,27 @@ def _render(pipe: Any, ctx: Any, job: Any, latents: Any, embeds: dict[str, Any],
     return (np.clip(out.images[0], 0, 1) * 255).round().astype(np.uint8)
 
 
-def run_seed_travel(job: Any, ctx: Any) -> Frames:
+def _threads(handler: Any) -> Any:
+    """Run a travel with one intra-op thread when the pipeline's UNet is small."""
+    import functools
+
+    @functools.wraps(handler)
+    def run(job: Any, ctx: Any) -> Any:
+        from studio.core.latent import threads_for, torch_threads
+
+        _check(job)
+        pipe = _pipeline(ctx, job)
+        with torch_threads(threads_for(pipe.unet, ctx.device)):
+            return handler(job, ctx, pipe)
+
+    return run
+
+
+@_threads
+def run_seed_travel(job: Any, ctx: Any, pipe: Any) -> Frames:
     from studio.core.latent import slerp
 
-    _check(job)
     ts = frame_positions(job)
-    pipe = _pipeline(ctx, job)
     device = getattr(pipe, "_execution_device", None) or pipe.device
     embeds = _encode(pipe, job.prompt, job.negative_prompt, device)
     notices = _notices(pipe, [job.prompt], job.negative_prompt)
@@ -144,12 +159,11 @@ def run_seed_travel(job: Any, ctx: Any) -> Frames:
     return Frames(tuple(frames), tuple(params), notices, job, tuple(f"t={t:.2f}" for t in ts))
 
 
-def run_prompt_travel(job: Any, ctx: Any) -> Frames:
+@_threads
+def run_prompt_travel(job: Any, ctx: Any, pipe: Any) -> Frames:
     from studio.core.latent import lerp, slerp
 
-    _check(job)
     ts = frame_positions(job)
-    pipe = _pipeline(ctx, job)
     device = getattr(pipe, "_execution_device", None) or pipe.device
     ea = _encode(pipe, job.prompt_a, job.negative_prompt, device)
     eb = _encode(pipe, job.prompt_b, job.negative_prompt, device)

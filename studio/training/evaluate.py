@@ -126,10 +126,9 @@ def valid_single(clf: Classifier, images: np.ndarray) -> tuple[np.ndarray, dict]
 
 
 def load_pipeline(path: Path) -> Any:
-    import torch
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(str(path), torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(str(path))
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
