@@ -467,10 +467,16 @@ def _generate(job: TextToImage, key: str, ctx: JobContext, outputs_dir: Path) ->
     seeds = [(job.seed + i) % (MAX_SEED + 1) for i in range(job.batch_size)]
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     previewer = loaded.previewer if ctx.options.get("previews", True) else None
+    denoised: dict[str, Any] = {}
+    if previewer:
+        capture_denoised(pipe.scheduler, denoised)
 
     def on_step_end(p: Any, i: int, t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
         total = int(getattr(p, "num_timesteps", 0) or job.steps)
-        preview = previewer(tensors["latents"], job.width, job.height) if previewer else None
+        preview = None
+        if previewer:
+            latents = denoised.pop("x0", None)
+            preview = previewer(tensors["latents"] if latents is None else latents, job.width, job.height)
         ctx.progress(i + 1, total, preview)
         return {}
 
@@ -496,6 +502,35 @@ def _generate(job: TextToImage, key: str, ctx: JobContext, outputs_dir: Path) ->
     # 4. Save each image atomically, with the parameters that reproduce it alone.
     paths = save_images(images, job, seeds, loaded, outputs_dir)
     return ImageResult(images=images, paths=paths, seeds=seeds, request=job, notices=notices)
+
+
+def capture_denoised(scheduler: Any, into: dict[str, Any]) -> None:
+    """Keep the scheduler's estimate of the clean latents at each step in `into["x0"]`.
+
+    Previews show that estimate, as A1111 and ComfyUI do: the noisy latents the
+    pipeline hands to its callback are mostly noise early on, at a scale that grows
+    with the noise level, and decode to saturated colour noise.
+    """
+    step = scheduler.step
+
+    def step_and_keep(*args: Any, **kwargs: Any) -> Any:
+        out = step(*args, **kwargs)
+        x0 = None
+        if isinstance(out, tuple):
+            x0 = out[1] if len(out) > 1 else None
+        else:
+            x0 = getattr(out, "pred_original_sample", None)
+            if x0 is None:
+                x0 = getattr(out, "denoised", None)
+        if x0 is None:
+            # DPM-Solver++ keeps its data prediction (the clean estimate) in model_outputs.
+            outputs = [m for m in getattr(scheduler, "model_outputs", None) or [] if m is not None]
+            if outputs and scheduler.config.get("algorithm_type") == "dpmsolver++":
+                x0 = outputs[-1]
+        into["x0"] = x0
+        return out
+
+    scheduler.step = step_and_keep
 
 
 def _default_outputs() -> Path:

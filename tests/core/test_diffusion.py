@@ -414,3 +414,27 @@ def test_the_bundled_model_generates_by_name(engine):
     assert result.images[0].size == (64, 64)
     params = parse_parameters(read_png_text(result.paths[0])["parameters"])
     assert params["Model"] == "shapes-diffusion"
+
+
+@pytest.mark.parametrize("name", ["EulerDiscreteScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler"])
+def test_previews_see_the_clean_estimate_not_the_noisy_latents(name):
+    import diffusers
+    import torch
+
+    from studio.core.diffusion import capture_denoised
+
+    scheduler = getattr(diffusers, name)(num_train_timesteps=1000)
+    scheduler.set_timesteps(10)
+    into: dict = {}
+    capture_denoised(scheduler, into)
+    clean = torch.zeros(1, 4, 8, 8)
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = scheduler.timesteps[0]
+    sample = scheduler.add_noise(clean, noise, t.reshape(1))
+    if hasattr(scheduler, "scale_model_input"):
+        scheduler.scale_model_input(sample, t)
+    # An oracle model predicts the exact noise, so the clean estimate is the clean image.
+    scheduler.step(noise, t, sample)
+    assert into["x0"] is not None
+    assert torch.allclose(into["x0"], clean, atol=1e-3)
+    assert sample.abs().mean() > 0.5
