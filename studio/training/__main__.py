@@ -25,12 +25,14 @@ TRAINERS: dict[str, str] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m studio.training",
         description="Train a bundled shapes-world model from scratch.",
+        add_help=add_help,
     )
-    parser.add_argument("model", help="one of: " + ", ".join(TRAINERS))
+    parser.add_argument("model", nargs=None if add_help else "?",
+                        help="one of: " + ", ".join(TRAINERS))
     parser.add_argument("--steps", type=int, default=None, help="optimisation steps")
     parser.add_argument("--batch-size", type=int, default=None, help="images/texts per step")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
@@ -60,9 +62,12 @@ def load_trainer(model: str):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Trainers may add their own options; peek at the model name to find the trainer.
-    known, _ = parser.parse_known_args(argv)
+    # Trainers may add their own options (shown by --help too): peek at the model
+    # name with a parser that neither requires it nor handles --help.
+    known, _ = build_parser(add_help=False).parse_known_args(argv)
     try:
+        if known.model is None:
+            parser.parse_args(argv)  # prints usage (or help) and exits
         module = load_trainer(known.model)
         if hasattr(module, "add_arguments"):
             module.add_arguments(parser)

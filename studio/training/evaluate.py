@@ -326,12 +326,12 @@ def markdown(results: dict) -> str:
             neg = d["negative_prompt"]
             lines.append(
                 f"| negative prompt: \"{neg['prompt']}\" / negative \"{neg['negative']}\" "
-                f"(guidance {neg['guidance']}), share neither colour | "
-                + " | ".join([""] * (len(gs) - 1))
-                + f" {d['negative_avoidance']:.2f} (without negative: "
+                f"(guidance {neg['guidance']}), share with neither colour | "
+                + "".join("– | " for _ in gs[:-1])
+                + f"{d['negative_avoidance']:.2f} (without the negative prompt: "
                 f"{d['avoidance_without_negative']:.2f}) | ≥ 0.95 |")
         spi = ", ".join(f"{v:.3f} s at guidance {g}" for g, v in d["seconds_per_image"].items())
-        lines += ["", f"Seconds per image (batch of 16, CPU): {spi}.", ""]
+        lines += ["", f"Seconds per image (batches of 16, CPU, 20 steps): {spi}.", ""]
     v = results.get("shapes-vae")
     if v:
         lines += ["### shapes-vae", "", "| metric | value | goal |", "|---|---|---|",

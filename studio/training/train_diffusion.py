@@ -580,6 +580,11 @@ def train(args: argparse.Namespace) -> None:
 
         tokenizer = CLIPTokenizer.from_pretrained(
             str(vocab_dir), model_max_length=MAX_LENGTH, pad_token="<|endoftext|>")
+        # keep the CLIP-format vocabulary files next to the saved tokenizer
+        (out / "tokenizer").mkdir(parents=True, exist_ok=True)
+        for name in ("vocab.json", "merges.txt"):
+            if (vocab_dir / name).is_file() and vocab_dir != out / "tokenizer":
+                shutil.copyfile(vocab_dir / name, out / "tokenizer" / name)
     else:
         tokenizer = build_tokenizer(out / "tokenizer")
     vae, unet, text_encoder, noise_scheduler = build_models(preset, tokenizer)

@@ -139,3 +139,18 @@ def test_decoder_only_fine_tunes_in_place(tiny_pipeline: Path, tmp_path: Path) -
 def test_decoder_only_needs_a_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["shapes-diffusion", "--decoder-only", "--out", str(tmp_path), *TINY]) == 2
     assert "no pipeline" in capsys.readouterr().err
+
+
+def test_init_from_reuses_autoencoder_and_vocabulary(tiny_pipeline: Path, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "warm"
+    assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                 "--text-steps", "1", "--decoder-steps", "0", "--out", str(out), *TINY]) == 0
+    for name in ("vocab.json", "merges.txt"):
+        assert (out / "tokenizer" / name).read_text() == (
+            tiny_pipeline / "tokenizer" / name).read_text()
+    state = json.loads((out / "training_state.json").read_text())
+    assert state["init_from"] == str(tiny_pipeline) and state["text_steps"] == 1
+    assert "vae_seconds" not in state  # the autoencoder phase was skipped
+    StableDiffusionPipeline.from_pretrained(str(out))
