@@ -18,6 +18,7 @@ from typing import Any
 
 from studio.core.errors import UserError
 from studio.core.export import Frames, to_uint8
+from studio.core.weights import load_module
 
 Z_DIM_KEYS = ("z_dim", "latent_dim", "nz", "z_size")
 METADATA_FILE = "metadata.json"
@@ -115,8 +116,6 @@ def _build_generator(config: dict[str, Any]) -> Any:
 
 
 def _load_dcgan(folder: Path, device: str) -> Generator:
-    from safetensors.torch import load_file
-
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -124,26 +123,7 @@ def _load_dcgan(folder: Path, device: str) -> Generator:
     z_dim = _z_dim_from(config)
     if not z_dim:
         raise UserError(f"{folder / 'config.json'} does not give the z size ({', '.join(Z_DIM_KEYS)}).")
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise UserError(f"{folder} has no model.safetensors.")
-    try:
-        module = _build_generator(config)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{folder / 'config.json'} does not describe a DCGAN generator: {exc}") from None
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:  # safetensors has its own error types for corrupt files
-        raise UserError(f"{weights} is not a readable safetensors file: {_first_line(exc)}") from None
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln or "Missing" in ln or "Unexpected" in ln]
-        raise UserError(
-            f"The weights in {weights.name} do not match {folder / 'config.json'}: "
-            + ("; ".join(lines[:2]) or _first_line(exc)),
-            str(exc),
-        ) from None
+    module = load_module(folder, config, _build_generator, "a DCGAN generator")
     module.to(device).eval()
     unit = config.get("output_range") in ("0,1", [0, 1])
     return Generator(folder.name, "gan", module, z_dim, device, unit_range=unit)

@@ -17,6 +17,7 @@ from typing import Any
 
 from studio.core.errors import UserError
 from studio.core.export import Frames, to_uint8
+from studio.core.weights import load_module
 
 PRIOR_PREFIX = "prior:"
 DEFAULT_IMAGE_SIZE = 64
@@ -167,28 +168,9 @@ def _build_vae2d(config: dict[str, Any]) -> Any:
 
 def _load_vae2d(folder: Path, device: str) -> LatentVae:
     import torch
-    from safetensors.torch import load_file
 
     config = _read_config(folder)
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise UserError(f"{folder} has no model.safetensors.")
-    try:
-        module = _build_vae2d(config)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{folder / 'config.json'} does not describe a 2-D VAE: {exc}") from None
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own error types for corrupt files
-        raise UserError(f"{weights} is not a readable safetensors file: {_first_line(exc)}") from None
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise UserError(
-            f"The weights in {weights.name} do not match {folder / 'config.json'}: "
-            f"{_mismatch_summary(exc)}",
-            str(exc),
-        ) from None
+    module = load_module(folder, config, _build_vae2d, "a 2-D VAE")
     module.to(device).eval()
     size = int(config.get("image_size", config.get("resolution", DEFAULT_IMAGE_SIZE)))
     latent_dim = int(config.get("latent_dim", config.get("z_dim", 2)))
@@ -227,11 +209,6 @@ def _read_config(folder: Path) -> dict[str, Any]:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def _mismatch_summary(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln or "Missing" in ln or "Unexpected" in ln]
-    return "; ".join(lines[:2]) or _first_line(exc)
 
 
 def cached_vae(ctx: Any, model: str) -> LatentVae:
