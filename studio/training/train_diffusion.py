@@ -83,10 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps of the final decoder fine-tuning (default: min(1200, steps))")
     parser.add_argument("--decoder-only", action="store_true",
                         help="only fine-tune the decoder of the pipeline already in --out")
-    parser.add_argument("--text-steps", type=int, default=400,
-                        help="text-encoder pre-training steps (batch 128) before the UNet phase")
+    parser.add_argument("--text-steps", type=int, default=None,
+                        help="text-encoder pre-training steps (batch 128) before the UNet phase "
+                             "(default: 400; 0 with --init-from, whose text encoder the UNet "
+                             "already reads)")
     parser.add_argument("--init-from", default=None,
-                        help="start from the autoencoder, tokenizer and UNet (as a warm start) "
+                        help="continue from the autoencoder, tokenizer, text encoder and UNet "
                              "of an earlier pipeline folder; skips the autoencoder phase")
     parser.add_argument("--cache-size", type=int, default=None,
                         help="number of pre-encoded training latents (default: from steps)")
@@ -592,9 +594,12 @@ def train(args: argparse.Namespace) -> None:
     state_init: dict[str, Any] = {}
     if init_from is not None and saved is None:
         from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
 
         vae = AutoencoderKL.from_pretrained(str(init_from / "vae"))
         unet = UNet2DConditionModel.from_pretrained(str(init_from / "unet"))
+        if (init_from / "text_encoder" / "config.json").is_file():
+            text_encoder = CLIPTextModel.from_pretrained(str(init_from / "text_encoder"))
         state_init = {"scaling_factor": float(vae.config.scaling_factor),
                       "init_from": str(init_from)}
         phase = "text"
@@ -628,7 +633,8 @@ def train(args: argparse.Namespace) -> None:
         save_checkpoint(out, 0, modules, None, {**state, "phase": phase})
     vae.requires_grad_(False)
     if phase == "text":
-        text_steps = int(getattr(args, "text_steps", 400) or 0)
+        text_steps = getattr(args, "text_steps", None)
+        text_steps = int(text_steps) if text_steps is not None else (0 if init_from else 400)
         if text_steps > 0:
             state.update(pretrain_text_encoder(text_encoder, tokenizer, text_steps,
                                                128 if preset == "full" else 4, device, seed))

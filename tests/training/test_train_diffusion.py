@@ -154,3 +154,17 @@ def test_init_from_reuses_autoencoder_and_vocabulary(tiny_pipeline: Path, tmp_pa
     assert state["init_from"] == str(tiny_pipeline) and state["text_steps"] == 1
     assert "vae_seconds" not in state  # the autoencoder phase was skipped
     StableDiffusionPipeline.from_pretrained(str(out))
+
+
+def test_init_from_keeps_the_text_encoder_the_unet_reads(tiny_pipeline: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import CLIPTextModel
+
+    out = tmp_path / "continued"
+    assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                 "--decoder-steps", "0", "--out", str(out), *TINY]) == 0
+    before = CLIPTextModel.from_pretrained(str(tiny_pipeline / "text_encoder"))
+    after = CLIPTextModel.from_pretrained(str(out / "text_encoder"))
+    for a, b in zip(before.parameters(), after.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert "text_steps" not in json.loads((out / "training_state.json").read_text())
