@@ -37,11 +37,11 @@ from studio.core.jobs import (
     GanSample,
     GanWalk,
 )
+from studio.ui.panes.latent_pane import LatentPane
 from studio.ui.widgets.image_view import ImageView
 from studio.ui.widgets.latent_views import (
     ExportButton,
     FramePlayer,
-    LatestSender,
     MessageLine,
     ModelPicker,
     TileGrid,
@@ -77,18 +77,15 @@ class DirectionRow(QWidget):
         self.slider.valueChanged.connect(lambda _v: self.changed.emit())
 
 
-class GanPane(QWidget):
+class GanPane(LatentPane):
     gridShown = Signal(object)  # Frames of the page
     editShown = Signal(object)  # GanFrame of the edited sample
     framesShown = Signal(object)  # Frames of a walk or interpolation
     directionsShown = Signal(object)  # DirectionSet
-    exported = Signal(str)
-    errorShown = Signal(str)
+    LATEST_ONLY = ("grid", "edit")
 
     def __init__(self, bridge: Any, settings: Any, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.bridge = bridge
-        self.settings = settings
+        super().__init__(bridge, settings, parent)
         self.start_seed = 0
         self.pins: list[int] = []  # seeds; the last one is edited
         self.z_dims: dict[str, int] = {}  # asked once per TorchScript file without metadata
@@ -96,17 +93,8 @@ class GanPane(QWidget):
         self.page: Any = None
         self.frames: Any = None
         self.edited: Any = None
-        self._jobs: dict[str, str] = {}  # job_id -> what it is for
-        self._seq: dict[str, int] = {}
-        self._shown_seq = {"grid": 0, "edit": 0}
-        self._counter = 0
-        self.sender = LatestSender(bridge, on_sent=self._track)
         self.pca_samples = 2000
         self._build()
-        bridge.finished.connect(self._on_finished)
-        bridge.failed.connect(self._on_failed)
-        bridge.cancelled.connect(self._on_ended)
-        bridge.progress.connect(self._on_progress)
 
     # ---- layout --------------------------------------------------------------------
 
@@ -326,12 +314,6 @@ class GanPane(QWidget):
 
     # ---- requests ---------------------------------------------------------------------
 
-    def _track(self, job_id: str, purpose: str) -> str:
-        self._counter += 1
-        self._jobs[job_id] = purpose
-        self._seq[job_id] = self._counter
-        return job_id
-
     def refresh(self) -> str:
         """Render the page (interactive: a newer page or ψ replaces this one)."""
         if not self.model:
@@ -502,21 +484,8 @@ class GanPane(QWidget):
 
     # ---- engine events -----------------------------------------------------------------------
 
-    def _on_finished(self, job_id: str, result: object) -> None:
-        try:
-            self._show(job_id, result)
-        finally:
-            self.sender.done(job_id)
-
-    def _show(self, job_id: str, result: object) -> None:
-        purpose = self._jobs.pop(job_id, None)
-        if purpose is None:
-            return
-        seq = self._seq.pop(job_id, 0)
+    def _show(self, purpose: str, result: object) -> None:
         if purpose == "grid":
-            if seq < self._shown_seq["grid"]:
-                return
-            self._shown_seq["grid"] = seq
             self.page = result
             self.grid.set_tiles(list(result.frames), [f"seed {label}" for label in result.labels])
             self._show_pins()
@@ -526,9 +495,6 @@ class GanPane(QWidget):
                 self.message.clear_message()
             self.gridShown.emit(result)
         elif purpose == "edit":
-            if seq < self._shown_seq["edit"]:
-                return
-            self._shown_seq["edit"] = seq
             self.edited = result
             shift = ", ".join(f"{a:+.1f}" for a in result.amounts if a) or "unedited"
             self.pinned_view.set_image(result.image, f"seed {result.seed} · ψ {result.truncation:.2f} · {shift}")
@@ -549,21 +515,6 @@ class GanPane(QWidget):
             self.message.notice([f"Exported {result}."])
             self.exported.emit(str(result))
 
-    def _on_failed(self, job_id: str, message: str, detail: str) -> None:
-        if self._jobs.pop(job_id, None) is not None:
-            self._seq.pop(job_id, None)
-            self._error(message)
-        self.sender.done(job_id)
-
-    def _on_ended(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
-        self._seq.pop(job_id, None)
-        self.sender.done(job_id)
-
-    def _on_progress(self, job_id: str, step: int, total: int, preview: object) -> None:
-        if self._jobs.get(job_id) == "directions":
+    def _progress(self, purpose: str, step: int, total: int) -> None:
+        if purpose == "directions":
             self.message.notice([f"Computing PCA directions… {step}/{total} samples"])
-
-    def _error(self, message: str) -> None:
-        self.message.error(message)
-        self.errorShown.emit(message)

@@ -37,6 +37,7 @@ from studio.core.jobs import (
     VaeReconstruct,
     VaeScrub,
 )
+from studio.ui.panes.latent_pane import LatentPane
 from studio.ui.widgets.image_view import ImageView
 from studio.ui.widgets.latent_views import (
     EndpointSlot,
@@ -44,7 +45,6 @@ from studio.ui.widgets.latent_views import (
     FramePlayer,
     GalleryPicker,
     LatentMapView,
-    LatestSender,
     MessageLine,
     ModelPicker,
     TileGrid,
@@ -93,36 +93,23 @@ class DropList(QListWidget):
             self.pathsDropped.emit(paths)
 
 
-class VaePane(QWidget):
+class VaePane(LatentPane):
     stripShown = Signal(object)  # Frames
     scrubShown = Signal(object)  # Frame
     priorShown = Signal(object)  # Frames
     mapShown = Signal(object)  # LatentMap
     pointShown = Signal(object)  # Frame
     reconstructionShown = Signal(object)  # Reconstruction
-    exported = Signal(str)
-    errorShown = Signal(str)
 
     def __init__(self, bridge: Any, settings: Any, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.bridge = bridge
-        self.settings = settings
+        super().__init__(bridge, settings, parent)
         self.strip: Any = None
         self.prior: Any = None
         self.map: Any = None
         self.reconstruction: Any = None
-        self._jobs: dict[str, str] = {}
-        self._seq: dict[str, int] = {}
-        self._shown: dict[str, int] = {}
-        self._counter = 0
-        self.sender = LatestSender(bridge, on_sent=self._track)
         self._scrub_t = 0.0
         self._point = (0.0, 0.0)
         self._build()
-        bridge.finished.connect(self._on_finished)
-        bridge.failed.connect(self._on_failed)
-        bridge.cancelled.connect(self._on_ended)
-        bridge.progress.connect(self._on_progress)
 
     def _outputs(self) -> Any:
         getter = getattr(self.settings, "resolved_outputs_dir", None)
@@ -317,12 +304,6 @@ class VaePane(QWidget):
     def model(self) -> str:
         return self.picker.current()
 
-    def _track(self, job_id: str, purpose: str) -> str:
-        self._counter += 1
-        self._jobs[job_id] = purpose
-        self._seq[job_id] = self._counter
-        return job_id
-
     def _model_changed(self, _model: str) -> None:
         self.message.clear_message()
         self._shown.clear()
@@ -440,23 +421,7 @@ class VaePane(QWidget):
 
     # ---- engine events --------------------------------------------------------------------------
 
-    def _fresh(self, job_id: str, purpose: str) -> bool:
-        seq = self._seq.pop(job_id, 0)
-        if seq < self._shown.get(purpose, 0):
-            return False
-        self._shown[purpose] = seq
-        return True
-
-    def _on_finished(self, job_id: str, result: object) -> None:
-        try:
-            self._show(job_id, result)
-        finally:
-            self.sender.done(job_id)
-
-    def _show(self, job_id: str, result: object) -> None:
-        purpose = self._jobs.pop(job_id, None)
-        if purpose is None or not self._fresh(job_id, purpose):
-            return
+    def _show(self, purpose: str, result: object) -> None:
         notices = list(getattr(result, "notices", ()) or ())
         if notices:
             self.message.notice(notices)
@@ -499,24 +464,10 @@ class VaePane(QWidget):
             self.message.notice([f"Exported {result}."])
             self.exported.emit(str(result))
 
-    def _on_failed(self, job_id: str, message: str, detail: str) -> None:
-        purpose = self._jobs.pop(job_id, None)
-        if purpose is not None:
-            self._seq.pop(job_id, None)
-            if purpose == "map":
-                self.map_hint.setText("")
-            self._error(message)
-        self.sender.done(job_id)
+    def _failed(self, purpose: str) -> None:
+        if purpose == "map":
+            self.map_hint.setText("")
 
-    def _on_ended(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
-        self._seq.pop(job_id, None)
-        self.sender.done(job_id)
-
-    def _on_progress(self, job_id: str, step: int, total: int, preview: object) -> None:
-        if self._jobs.get(job_id) == "map":
+    def _progress(self, purpose: str, step: int, total: int) -> None:
+        if purpose == "map":
             self.map_hint.setText(f"Drawing… {step}/{total} tiles")
-
-    def _error(self, message: str) -> None:
-        self.message.error(message)
-        self.errorShown.emit(message)
