@@ -524,8 +524,8 @@ def follows(prompt: str, want: Want | None) -> bool:
     if parsed is None:
         return False
     if want is None:
-        return parsed["tier"] == 2
-    if parsed["tier"] != 1 or (parsed["colour"] and parsed["colour"] == parsed["background"]):
+        return parsed["tier"] == 2 and world.is_drawable(parsed)
+    if parsed["tier"] != 1 or not world.is_drawable(parsed):
         return False
     for key in want.named:
         allowed = getattr(want, key)
@@ -543,7 +543,8 @@ def evaluate(model, tokenizer, n: int = 100, seed: int = 1234, n_follow: int = 2
     """Validity and variety of sampled outputs, and how often they follow the idea.
 
     ``valid``: share of ``n`` samples (for the fixed ``EVAL_IDEAS``) that parse
-    as shapes-world prompts; ``distinct``: different outputs among them;
+    as shapes-world prompts the world can draw (no object in the background's
+    colour); ``distinct``: different outputs among them;
     ``follows_idea``: share of ``n_follow`` samples for held-out synthetic ideas
     whose prompt names every attribute the idea implies, with an allowed value.
     """
@@ -551,7 +552,7 @@ def evaluate(model, tokenizer, n: int = 100, seed: int = 1234, n_follow: int = 2
     outputs: list[str] = []
     for start in range(0, n, 25):
         outputs += generate(model, tokenizer, ideas[start:start + 25], seed=seed + start)
-    valid = [o for o in outputs if world.parse_caption(o) is not None]
+    valid = [o for o in outputs if world.is_world_prompt(o)]
     rng = np.random.default_rng((seed, 99))
     held = [make_idea_with_constraints(rng) for _ in range(n_follow)]
     follow_out: list[str] = []

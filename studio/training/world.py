@@ -251,6 +251,27 @@ def parse_caption(text: str) -> dict | None:
     return None
 
 
+def is_drawable(parsed: dict) -> bool:
+    """Whether the world can show what a parsed prompt asks for.
+
+    The renderer never paints an object in the background's colour, nor the two
+    objects of a tier-2 scene in one colour, so a prompt naming either is asking
+    for a scene the world does not have.
+    """
+    background = parsed.get("background")
+    if parsed["tier"] == 1:
+        colours = [parsed["colour"]] if parsed["colour"] else []
+    else:
+        colours = [o["colour"] for o in parsed["objects"] if o["colour"]]
+    return len(set(colours)) == len(colours) and (background is None or background not in colours)
+
+
+def is_world_prompt(text: str) -> bool:
+    """A prompt the caption grammar accepts and the world can draw."""
+    parsed = parse_caption(text)
+    return parsed is not None and is_drawable(parsed)
+
+
 # --------------------------------------------------------------------------- scenes
 
 

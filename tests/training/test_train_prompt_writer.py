@@ -32,7 +32,7 @@ def test_every_training_target_is_a_valid_prompt():
         text, prefix = make_example(rng)
         target = text[len(prefix):] if prefix else text
         assert target.endswith(END)
-        assert world.parse_caption(target[: -len(END)]) is not None, text
+        assert world.is_world_prompt(target[: -len(END)]), text
 
 
 def test_ideas_constrain_the_prompt():

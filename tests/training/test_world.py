@@ -111,6 +111,27 @@ def test_parse_rejects_non_prompts(text: str) -> None:
     assert world.parse_caption(text) is None
 
 
+@pytest.mark.parametrize(("text", "drawable"), [
+    ("a red circle on a blue background", True),
+    ("a red circle", True),
+    ("a circle on a red background", True),
+    ("a red circle on a red background", False),
+    ("red circle, red background", False),
+    ("a red circle above a blue star on a white background", True),
+    ("a red circle above a red star", False),
+    ("a circle above a blue star on a blue background", False),
+])
+def test_world_prompts_ask_for_scenes_the_world_can_draw(text: str, drawable: bool) -> None:
+    assert world.parse_caption(text) is not None
+    assert world.is_world_prompt(text) is drawable
+
+
+def test_every_canonical_caption_is_drawable() -> None:
+    for seed in range(300):
+        for tier in (1, 2):
+            assert world.is_world_prompt(world.sample_scene_spec(seed, tier, "canonical")[2])
+
+
 def test_parse_paraphrases_and_case() -> None:
     assert world.parse_caption("Red circle, blue background.") == {
         "tier": 1, "shape": "circle", "colour": "red", "size": None, "position": None,
