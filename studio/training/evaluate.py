@@ -13,8 +13,8 @@ caches) the attribute classifier, then scores each model:
   valid shape;
 * shapes-gan: precision (share of samples read confidently as a valid scene)
   and coverage of the 32 shape x colour classes in 1000 samples;
-* prompt-writer: share of outputs the caption grammar accepts; distinct
-  outputs among 100 samples.
+* prompt-writer: share of outputs the caption grammar accepts that ask for a
+  scene the world can draw; distinct outputs among 100 samples.
 """
 
 from __future__ import annotations
@@ -355,7 +355,8 @@ def markdown(results: dict) -> str:
     pw = results.get("prompt-writer")
     if pw:
         lines += ["### prompt-writer", "", "| metric | value | goal |", "|---|---|---|",
-                  f"| valid shapes-world prompts ({pw['samples']} samples) | {pw['validity']:.2f} "
+                  f"| valid shapes-world prompts: parsed and drawable ({pw['samples']} samples) "
+                  f"| {pw['validity']:.2f} "
                   f"| ≥ 0.95 |",
                   f"| distinct outputs | {pw['distinct']}/{pw['samples']} | reported |", ""]
     clf = results.get("classifier")
