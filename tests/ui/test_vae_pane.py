@@ -185,3 +185,31 @@ def test_gallery_picker_lists_the_outputs_newest_first(qtbot, tmp_path):
     picker.list.setCurrentRow(1)
     assert picker.selected().endswith("old.png")
     assert gallery_images(tmp_path / "missing") == []
+
+
+def test_endpoints_picked_before_the_model_list_arrives_wait_for_it(qtbot, bridge, settings, assets):
+    pane = VaePane(bridge, settings)
+    qtbot.addWidget(pane)
+    errors = []
+    pane.errorShown.connect(errors.append)
+    assert pane.picker.listing and not pane.model
+    pane.slot_a.set_source(str(assets["images"]["a"]))
+    pane.slot_b.set_source(str(assets["images"]["b"]))
+    assert pane.interpolate() == "" and errors == []  # nothing sent, no error flashed
+    with qtbot.waitSignal(pane.stripShown, timeout=30000):
+        pane.picker.add_path(assets["kl"])  # the first model re-runs the waiting strip
+    assert errors == []
+
+
+def test_no_model_after_the_list_arrived_is_an_error(qtbot, bridge, settings, assets):
+    pane = VaePane(bridge, settings)
+    qtbot.addWidget(pane)
+    with qtbot.waitSignal(pane.picker.modelsListed, timeout=30000):
+        pane.show()
+    assert not pane.picker.listing
+    pane.picker.box.clear()
+    errors = []
+    pane.errorShown.connect(errors.append)
+    pane.slot_a.set_source(str(assets["images"]["a"]))
+    pane.slot_b.set_source(str(assets["images"]["b"]))
+    assert errors and "No VAE model" in errors[-1]

@@ -312,6 +312,17 @@ class VaePane(LatentPane):
         self.sample_prior()
         if self.slot_a.source and self.slot_b.source:
             self.interpolate()
+        if self.recon_slot.source:
+            self.reconstruct()
+
+    def _have_model(self) -> bool:
+        """Whether a model is chosen; says so if not, unless the list is still arriving
+        (its first model then re-runs what waits for it)."""
+        if self.model:
+            return True
+        if not self.picker.listing:
+            self._error("No VAE model: pick one above, or load a folder with Open….")
+        return False
 
     def _endpoint_changed(self, *_: Any) -> None:
         if self.slot_a.source and self.slot_b.source:
@@ -321,6 +332,8 @@ class VaePane(LatentPane):
         a, b = self.slot_a.source, self.slot_b.source
         if not (a and b):
             self._error("Pick both endpoints first (an image or a prior sample each).")
+            return ""
+        if not self._have_model():
             return ""
         job = VaeInterpolate(model=self.model, a=a, b=b, steps=self.steps_box.value(), mode=str(self.mode_box.currentData()))
         self.message.clear_message()
@@ -355,6 +368,8 @@ class VaePane(LatentPane):
         self.tabs.setCurrentIndex(0)
 
     def draw_map(self) -> str:
+        if not self._have_model():
+            return ""
         job = VaeLatentMap(
             model=self.model, images=self.map_list.paths(), grid=self.map_grid.value(), extent=self.map_extent.value()
         )
@@ -389,6 +404,8 @@ class VaePane(LatentPane):
     def reconstruct(self) -> str:
         if not self.recon_slot.source:
             self._error("Pick an image to reconstruct.")
+            return ""
+        if not self._have_model():
             return ""
         job = VaeReconstruct(model=self.model, image=self.recon_slot.source)
         return self._track(self.bridge.submit(job), "recon")

@@ -574,6 +574,8 @@ class ModelPicker(QWidget):
         self.box.currentIndexChanged.connect(lambda *_: self.modelChanged.emit(self.current()))
         self.open_button.clicked.connect(self._open)
         bridge.finished.connect(self._on_finished)
+        bridge.failed.connect(lambda job_id, *_: self._list_ended(job_id))
+        bridge.cancelled.connect(self._list_ended)
         self._listed = False
 
     def showEvent(self, event: Any) -> None:
@@ -587,6 +589,11 @@ class ModelPicker(QWidget):
     def current(self) -> str:
         data = self.box.currentData()
         return str(data) if data else self.box.currentText()
+
+    @property
+    def listing(self) -> bool:
+        """True until the first list of models has arrived (modelChanged follows it)."""
+        return not self._listed or bool(self._job)
 
     def refresh(self) -> None:
         kinds, settings = self.kinds, self.settings
@@ -620,9 +627,14 @@ class ModelPicker(QWidget):
         if path:
             self.add_path(path)
 
+    def _list_ended(self, job_id: str) -> None:
+        if job_id == self._job:
+            self._job = ""
+
     def _on_finished(self, job_id: str, result: object) -> None:
         if job_id != self._job or not isinstance(result, list):
             return
+        self._job = ""
         previous = self.current()
         self.box.blockSignals(True)
         extra = [(self.box.itemText(i), self.box.itemData(i)) for i in range(self.box.count()) if str(self.box.itemText(i)).endswith("(opened)")]
