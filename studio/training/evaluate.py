@@ -151,14 +151,37 @@ def generate(pipe: Any, prompts: list[str], guidance: float, steps: int, seed: i
     return np.concatenate(out), elapsed / max(1, len(prompts))
 
 
+def autoencoder_ceiling(vae: Any, clf: Classifier, n: int = 300) -> dict[str, float]:
+    """How well the classifier reads the pipeline's own VAE reconstructions of real scenes.
+
+    Every generated image passes through this decoder, so a tier-1 score can
+    only exceed these accuracies by luck: they separate what the autoencoder
+    loses from what the UNet has not learnt.
+    """
+    import torch
+
+    images, _, scenes = world.render_batch(range(EVAL_SEED_BASE, EVAL_SEED_BASE + n), tier=1)
+    x = _to_tensor(images).to(vae.device, vae.dtype)
+    with torch.no_grad():
+        decoded = vae.decode(vae.encode(x).latent_dist.mean).sample
+    pred = clf.predict(_to_uint8(decoded))
+    truth = {k: [s.background if k == "background" else getattr(s.objects[0], k) for s in scenes]
+             for k in world.TIER1_ATTRIBUTES}
+    return {k: float(np.mean(pred[k]["label"] == np.array(v))) for k, v in truth.items()}
+
+
 def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps: int = 20,
                        guidances: Sequence[float] = GUIDANCES, negative_n: int = 100,
-                       seed: int = 0, batch: int = 16) -> dict:
+                       seed: int = 0, batch: int = 16, ceiling_n: int = 300) -> dict:
     pipe = load_pipeline(path)
     prompts = diffusion_prompts(n_per_task, seed)
     texts = [p for _, p, _ in prompts]
     result: dict[str, Any] = {"prompts": len(prompts), "steps": steps, "by_guidance": {},
                               "seconds_per_image": {}}
+    if ceiling_n:
+        log(f"shapes-diffusion: autoencoder ceiling on {ceiling_n} held-out scenes")
+        result["autoencoder_ceiling"] = autoencoder_ceiling(pipe.vae, clf, ceiling_n)
+        result["autoencoder_ceiling_scenes"] = ceiling_n
     for g in guidances:
         log(f"shapes-diffusion: {len(texts)} prompts at guidance {g}")
         images, spi = generate(pipe, texts, g, steps, seed, batch)
@@ -332,6 +355,11 @@ def markdown(results: dict) -> str:
                 f"{d['avoidance_without_negative']:.2f}) | ≥ 0.95 |")
         spi = ", ".join(f"{v:.3f} s at guidance {g}" for g, v in d["seconds_per_image"].items())
         lines += ["", f"Seconds per image (batches of 16, CPU, 20 steps): {spi}.", ""]
+        if "autoencoder_ceiling" in d:
+            ceiling = ", ".join(f"{k} {v:.2f}" for k, v in d["autoencoder_ceiling"].items())
+            lines += [f"Autoencoder ceiling (the classifier on the pipeline's own VAE "
+                      f"reconstructions of {d['autoencoder_ceiling_scenes']} held-out scenes): "
+                      f"{ceiling}.", ""]
     v = results.get("shapes-vae")
     if v:
         lines += ["### shapes-vae", "", "| metric | value | goal |", "|---|---|---|",

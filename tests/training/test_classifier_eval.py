@@ -98,10 +98,13 @@ def test_evaluation_runs_on_tiny_models(tmp_path: Path,
     assert main(["shapes-diffusion", "--preset", "tiny", "--steps", "1", "--batch-size", "2",
                  "--cache-size", "4", "--out", str(pipe_dir), "--device", "cpu"]) == 0
     d = evaluate.evaluate_diffusion(pipe_dir, quick_classifier, n_per_task=1, steps=1,
-                                    guidances=(1.0, 7.5), negative_n=2, batch=4)
+                                    guidances=(1.0, 7.5), negative_n=2, batch=4,
+                                    ceiling_n=8)
     assert set(d["by_guidance"]) == {"1.0", "7.5"}
     assert set(d["by_guidance"]["7.5"]) == set(evaluate.TIER1_TASKS + evaluate.TIER2_TASKS)
     assert 0.0 <= d["negative_avoidance"] <= 1.0 and d["seconds_per_image"]["7.5"] > 0
+    assert set(d["autoencoder_ceiling"]) == {"shape", "colour", "size", "position", "background"}
+    assert all(0.0 <= v <= 1.0 for v in d["autoencoder_ceiling"].values())
 
     vae_dir = tmp_path / "shapes-vae"
     AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
@@ -151,3 +154,20 @@ def test_bundled_prompt_writer_scores_if_present() -> None:
         pytest.skip("models/prompt-writer is not there yet")
     res = evaluate.evaluate_prompt_writer(path, n=4)
     assert res["samples"] == 4 and 0.0 <= res["validity"] <= 1.0
+
+
+def test_autoencoder_ceiling_of_a_lossless_autoencoder_is_the_classifier_accuracy(quick_classifier):
+    from types import SimpleNamespace
+
+    lossless = SimpleNamespace(
+        device=torch.device("cpu"), dtype=torch.float32,
+        encode=lambda x: SimpleNamespace(latent_dist=SimpleNamespace(mean=x)),
+        decode=lambda z: SimpleNamespace(sample=z))
+    ceiling = evaluate.autoencoder_ceiling(lossless, quick_classifier, n=12)
+    images, _, scenes = world.render_batch(
+        range(evaluate.EVAL_SEED_BASE, evaluate.EVAL_SEED_BASE + 12), tier=1)
+    pred = quick_classifier.predict(images)
+    shapes = [s.objects[0].shape for s in scenes]
+    assert ceiling["shape"] == float(np.mean(pred["shape"]["label"] == np.array(shapes)))
+    backgrounds = [s.background for s in scenes]
+    assert ceiling["background"] == float(np.mean(pred["background"]["label"] == np.array(backgrounds)))
