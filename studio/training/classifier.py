@@ -264,17 +264,21 @@ def train_classifier(steps: int = 500, batch: int = 64, seed: int = 0,
     return clf
 
 
-def heldout_accuracy(clf: Classifier, n: int = 2000) -> dict[str, float]:
-    """Accuracy per head on rendered scenes from seeds no training step used."""
-    images, _, scenes = world.render_batch(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + n),
-                                           tier=1, caption_style="empty")
-    pred = clf.predict(images)
+def scene_accuracy(pred: dict[str, dict[str, np.ndarray]], scenes: list[world.Scene]) -> dict[str, float]:
+    """Accuracy per head of ``predict`` output against the tier-1 scenes it was made from."""
     acc = {}
     for k in HEADS:
         truth = np.array([getattr(s.objects[0], k) if k != "background" else s.background
                           for s in scenes], dtype=object)
         acc[k] = float(np.mean(pred[k]["label"] == truth))
     return acc
+
+
+def heldout_accuracy(clf: Classifier, n: int = 2000) -> dict[str, float]:
+    """Accuracy per head on rendered scenes from seeds no training step used."""
+    images, _, scenes = world.render_batch(range(HELDOUT_SEED_BASE, HELDOUT_SEED_BASE + n),
+                                           tier=1, caption_style="empty")
+    return scene_accuracy(clf.predict(images), scenes)
 
 
 def load_or_train(path: Path | None = None, verbose: bool = True) -> Classifier:

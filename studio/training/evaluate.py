@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 
 from studio.training import world
-from studio.training.classifier import CONFIDENT, Classifier, load_or_train, read_objects
+from studio.training.classifier import (
+    CONFIDENT,
+    Classifier,
+    load_or_train,
+    read_objects,
+    scene_accuracy,
+)
 
 MODELS: tuple[str, ...] = (
     "shapes-diffusion", "shapes-vae", "shapes-vae-2d", "shapes-gan", "prompt-writer",
@@ -164,10 +170,7 @@ def autoencoder_ceiling(vae: Any, clf: Classifier, n: int = 300) -> dict[str, fl
     x = _to_tensor(images).to(vae.device, vae.dtype)
     with torch.no_grad():
         decoded = vae.decode(vae.encode(x).latent_dist.mean).sample
-    pred = clf.predict(_to_uint8(decoded))
-    truth = {k: [s.background if k == "background" else getattr(s.objects[0], k) for s in scenes]
-             for k in world.TIER1_ATTRIBUTES}
-    return {k: float(np.mean(pred[k]["label"] == np.array(v))) for k, v in truth.items()}
+    return scene_accuracy(clf.predict(_to_uint8(decoded)), scenes)
 
 
 def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps: int = 20,

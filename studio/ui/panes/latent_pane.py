@@ -26,8 +26,7 @@ class LatentPane(QWidget):
         super().__init__(parent)
         self.bridge = bridge
         self.settings = settings
-        self._jobs: dict[str, str] = {}  # job id -> purpose
-        self._seq: dict[str, int] = {}  # job id -> order sent
+        self._jobs: dict[str, tuple[str, int]] = {}  # job id -> (purpose, order sent)
         self._shown: dict[str, int] = {}  # purpose -> order of the result on screen
         self._counter = 0
         self.sender = LatestSender(bridge, on_sent=self._track)
@@ -52,16 +51,14 @@ class LatentPane(QWidget):
 
     def _track(self, job_id: str, purpose: str) -> str:
         self._counter += 1
-        self._jobs[job_id] = purpose
-        self._seq[job_id] = self._counter
+        self._jobs[job_id] = (purpose, self._counter)
         return job_id
 
     def _take(self, job_id: str) -> str | None:
         """The purpose of a finished job, or None if it is not ours or already outdated."""
-        purpose = self._jobs.pop(job_id, None)
-        seq = self._seq.pop(job_id, 0)
-        if purpose is None:
+        if job_id not in self._jobs:
             return None
+        purpose, seq = self._jobs.pop(job_id)
         if self.LATEST_ONLY is None or purpose in self.LATEST_ONLY:
             if seq < self._shown.get(purpose, 0):
                 return None
@@ -77,22 +74,19 @@ class LatentPane(QWidget):
             self.sender.done(job_id)
 
     def _on_failed(self, job_id: str, message: str, detail: str) -> None:
-        purpose = self._jobs.pop(job_id, None)
-        if purpose is not None:
-            self._seq.pop(job_id, None)
+        if job_id in self._jobs:
+            purpose, _ = self._jobs.pop(job_id)
             self._failed(purpose)
             self._error(message)
         self.sender.done(job_id)
 
     def _on_ended(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
-        self._seq.pop(job_id, None)
         self.sender.done(job_id)
 
     def _on_progress(self, job_id: str, step: int, total: int, preview: object) -> None:
-        purpose = self._jobs.get(job_id)
-        if purpose is not None:
-            self._progress(purpose, step, total)
+        if job_id in self._jobs:
+            self._progress(self._jobs[job_id][0], step, total)
 
     def _error(self, message: str) -> None:
         self.message.error(message)
