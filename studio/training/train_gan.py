@@ -1,8 +1,9 @@
 """Train ``models/shapes-gan``: an unconditional DCGAN on tier-1 shapes-world images.
 
-The generator is the classic DCGAN (``gan_model.Generator``); the
-discriminator has spectral norm and the loss is the hinge loss, which keeps a
-small GAN stable without tuning. The saved weights are an exponential moving
+The generator is the classic DCGAN (``gan_model.Generator``). The
+discriminator has spectral norm or, as in the original DCGAN, batch norm
+(``--disc-norm``); the loss is the hinge loss or the non-saturating logistic
+loss of Goodfellow et al. (``--loss``). The saved weights are an exponential moving
 average of the generator's, with batch-norm statistics re-estimated at the
 end, which gives cleaner samples than the last training step. z ~ N(0, I).
 """
@@ -26,7 +27,12 @@ from studio.training.common import (
     save_checkpoint,
     write_json,
 )
-from studio.training.gan_model import DEFAULT_CONFIG, build_discriminator, build_generator
+from studio.training.gan_model import (
+    DEFAULT_CONFIG,
+    DISCRIMINATOR_NORMS,
+    build_discriminator,
+    build_generator,
+)
 from studio.training.train_vae import Budget, cosine_lr, save_grid, to_uint8, training_batch
 
 DEFAULT_STEPS = 4000
@@ -51,6 +57,20 @@ def recalibrate_batchnorm(gen, z_dim: int, batches: int = 32, batch_size: int = 
     gen.eval()
 
 
+def discriminator_loss(real_logits, fake_logits, loss: str):
+    import torch.nn.functional as F
+
+    if loss == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def generator_loss(fake_logits, loss: str):
+    import torch.nn.functional as F
+
+    return -fake_logits.mean() if loss == "hinge" else F.softplus(-fake_logits).mean()
+
+
 def sample(gen, n: int, z_dim: int, seed: int = 0):
     import torch
 
@@ -61,15 +81,21 @@ def sample(gen, n: int, z_dim: int, seed: int = 0):
 
 def train(args: argparse.Namespace) -> None:
     import torch
-    import torch.nn.functional as F
 
     out = Path(args.out)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    config = dict(TINY_CONFIG if getattr(args, "tiny", False) else DEFAULT_CONFIG)
+    tiny = getattr(args, "tiny", False)
+    config = dict(TINY_CONFIG if tiny else DEFAULT_CONFIG)
+    # A wider generator does not widen the discriminator, which dominates the step time.
+    disc_config = {**config, "disc_channels": config["base_channels"], "disc_norm": args.disc_norm}
+    if args.base_channels is not None:
+        if args.base_channels < 1:
+            raise TrainError(f"--base-channels must be positive, got {args.base_channels}")
+        config["base_channels"] = args.base_channels
     z_dim = int(config["z_dim"])
     gen = build_generator(config).to(device)
-    disc = build_discriminator(config).to(device)
+    disc = build_discriminator(disc_config).to(device)
     ema = copy.deepcopy(gen).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -93,11 +119,11 @@ def train(args: argparse.Namespace) -> None:
         real = training_batch((args.seed, step), args.batch_size).to(device)
         z = torch.randn(args.batch_size, z_dim, device=device)
         fake = gen(z)
-        d_loss = F.relu(1 - disc(real)).mean() + F.relu(1 + disc(fake.detach())).mean()
+        d_loss = discriminator_loss(disc(real), disc(fake.detach()), args.loss)
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        g_loss = -disc(fake).mean()
+        g_loss = generator_loss(disc(fake), args.loss)
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -130,6 +156,7 @@ def train(args: argparse.Namespace) -> None:
         ms = (time.perf_counter() - t0) / 50 * 1000
     info = {
         "model": "shapes-gan", "steps": step, "max_minutes": args.max_minutes, "batch_size": args.batch_size,
+        "loss": args.loss, "disc_norm": args.disc_norm,
         "lr_g": args.lr_g, "lr_d": args.lr_d, "ema": args.ema, "wall_seconds": round(wall, 1),
         "device": args.device,
         "generator_parameters": sum(p.numel() for p in ema.parameters()),
@@ -147,6 +174,12 @@ def train(args: argparse.Namespace) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-g", type=float, default=2e-4, help="generator learning rate")
     parser.add_argument("--lr-d", type=float, default=2e-4, help="discriminator learning rate")
+    parser.add_argument("--loss", choices=("hinge", "ns"), default="hinge",
+                        help="hinge, or the non-saturating logistic loss")
+    parser.add_argument("--disc-norm", choices=DISCRIMINATOR_NORMS, default="spectral",
+                        help="discriminator normalisation")
+    parser.add_argument("--base-channels", type=int, default=None,
+                        help=f"generator width at 32x32 (default {DEFAULT_CONFIG['base_channels']})")
     parser.add_argument("--ema", type=float, default=0.999, help="generator weight averaging")
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--max-minutes", type=float, default=None,

@@ -38,12 +38,34 @@ def test_gan_trains_and_reloads(tmp_path):
     assert float(flat.abs().max()) <= 1.0
 
 
-def test_generator_and_discriminator_sizes():
+def test_non_saturating_loss_with_batch_norm_discriminator_and_wider_generator(tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "gan"
+    rc = main(["shapes-gan", "--tiny", "--steps", "2", "--batch-size", "4", "--loss", "ns",
+               "--disc-norm", "batch", "--base-channels", "6", "--out", str(out)])
+    assert rc == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["base_channels"] == 6
+    log = json.loads((out / "training_log.json").read_text())
+    assert (log["loss"], log["disc_norm"]) == ("ns", "batch")
+    build_generator(config).load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
+
+
+@pytest.mark.parametrize("norm", ["spectral", "batch"])
+def test_generator_and_discriminator_sizes(norm):
     gen = build_generator({"z_dim": 16, "base_channels": 4, "image_size": 32})
-    disc = build_discriminator({"base_channels": 4, "image_size": 32})
+    disc = build_discriminator({"base_channels": 4, "image_size": 32, "disc_norm": norm})
     x = gen(torch.randn(2, 16))
     assert x.shape == (2, 3, 32, 32)
     assert disc(x).shape == (2,)
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in disc.modules())
+    assert has_bn == (norm == "batch")
+
+
+def test_unknown_discriminator_norm_is_rejected():
+    with pytest.raises(ValueError, match="norm"):
+        build_discriminator({"disc_norm": "layer"})
 
 
 @pytest.mark.parametrize("bad", [{"architecture": "stylegan"}, {"image_size": 48}])
@@ -55,3 +77,6 @@ def test_build_generator_rejects_bad_configs(bad):
 def test_bad_arguments_exit_non_zero(tmp_path, capsys):
     assert main(["shapes-gan", "--steps", "0", "--out", str(tmp_path)]) == 2
     assert "--steps" in capsys.readouterr().err
+    assert main(["shapes-gan", "--tiny", "--steps", "1", "--base-channels", "0",
+                 "--out", str(tmp_path)]) == 2
+    assert "--base-channels" in capsys.readouterr().err
