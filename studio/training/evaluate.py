@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from studio.training import world
+from studio.training import scene_fit, world
 from studio.training.classifier import (
     CONFIDENT,
     Classifier,
@@ -125,6 +125,12 @@ def valid_single(clf: Classifier, images: np.ndarray) -> tuple[np.ndarray, dict]
     ok &= pred["colour"]["label"] != pred["background"]["label"]
     _, objs = read_objects(clf, images, max_objects=3)
     ok &= np.array([len(o) == 1 for o in objs], bool)
+    # The classifier reads blobs and noise confidently too: the image must also match
+    # the clean scene it is read as.
+    for i in np.flatnonzero(ok):
+        ok[i] = scene_fit.matches_clean_scene(
+            images[i], str(pred["background"]["label"][i]), str(pred["colour"]["label"][i]),
+            str(pred["shape"]["label"][i]))
     return ok, pred
 
 

@@ -148,6 +148,26 @@ def test_cached_classifier_is_accurate_on_held_out_renders() -> None:
         assert np.mean(pred[head]["label"] == np.array(truth, dtype=object)) >= 0.95, head
 
 
+def test_valid_single_accepts_real_scenes_and_rejects_their_blurred_copies() -> None:
+    from PIL import Image, ImageFilter
+
+    weights = classifier.cache_dir() / (
+        f"attribute-classifier-v{classifier.CLASSIFIER_VERSION}.safetensors")
+    if not weights.is_file():
+        pytest.skip("no cached classifier; `python -m studio.training.evaluate` trains one")
+    clf = classifier.load_or_train(verbose=False)
+    images, _, _ = world.render_batch(range(classifier.HELDOUT_SEED_BASE + 20_000,
+                                            classifier.HELDOUT_SEED_BASE + 20_100))
+    ok, _ = evaluate.valid_single(clf, images)
+    assert ok.mean() >= 0.95
+    # Blurred scenes keep their colours and layout, and over half of them still pass the
+    # classifier's own checks; render-and-compare is what turns them down.
+    blurred = np.stack([np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(4)))
+                        for im in images])
+    ok, _ = evaluate.valid_single(clf, blurred)
+    assert ok.mean() <= 0.1
+
+
 def test_bundled_prompt_writer_scores_if_present() -> None:
     path = models_dir() / "prompt-writer"
     if not (path / "config.json").is_file():
