@@ -133,12 +133,18 @@ def test_cli_rejects_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert "unknown model" in capsys.readouterr().err
 
 
-def test_cached_classifier_is_accurate_on_held_out_renders() -> None:
+@pytest.fixture(scope="module")
+def cached_classifier() -> classifier.Classifier:
     weights = classifier.cache_dir() / (
         f"attribute-classifier-v{classifier.CLASSIFIER_VERSION}.safetensors")
     if not weights.is_file():
         pytest.skip("no cached classifier; `python -m studio.training.evaluate` trains one")
-    clf = classifier.load_or_train(verbose=False)
+    return classifier.load_or_train(verbose=False)
+
+
+def test_cached_classifier_is_accurate_on_held_out_renders(
+        cached_classifier: classifier.Classifier) -> None:
+    clf = cached_classifier
     images, _, scenes = world.render_batch(range(classifier.HELDOUT_SEED_BASE + 10_000,
                                                  classifier.HELDOUT_SEED_BASE + 10_200))
     pred = clf.predict(images)
@@ -148,14 +154,11 @@ def test_cached_classifier_is_accurate_on_held_out_renders() -> None:
         assert np.mean(pred[head]["label"] == np.array(truth, dtype=object)) >= 0.95, head
 
 
-def test_valid_single_accepts_real_scenes_and_rejects_their_blurred_copies() -> None:
+def test_valid_single_accepts_real_scenes_and_rejects_their_blurred_copies(
+        cached_classifier: classifier.Classifier) -> None:
     from PIL import Image, ImageFilter
 
-    weights = classifier.cache_dir() / (
-        f"attribute-classifier-v{classifier.CLASSIFIER_VERSION}.safetensors")
-    if not weights.is_file():
-        pytest.skip("no cached classifier; `python -m studio.training.evaluate` trains one")
-    clf = classifier.load_or_train(verbose=False)
+    clf = cached_classifier
     images, _, _ = world.render_batch(range(classifier.HELDOUT_SEED_BASE + 20_000,
                                             classifier.HELDOUT_SEED_BASE + 20_100))
     ok, _ = evaluate.valid_single(clf, images)
