@@ -206,6 +206,12 @@ def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps:
             for k, v in score_tier2(objs, prompts[i][2]).items():
                 scores[k].append(v)
         result["by_guidance"][str(g)] = {k: float(np.mean(v)) for k, v in scores.items() if v}
+        # Attribute scores read the classifier's heads, which also name blobs; this says how
+        # many one-object images are a clean scene at all.
+        tier1_idx = [i for i, (t, _, _) in enumerate(prompts) if t != "tier2"]
+        if tier1_idx:
+            clean, _ = valid_single(clf, images[tier1_idx])
+            result["by_guidance"][str(g)]["clean_scene"] = float(clean.mean())
         if g == max(guidances):
             # the first 8 prompts of each group, for the sample grid (not written to JSON)
             pick = [i for i in range(len(prompts)) if i % n_per_task < 8]
@@ -354,6 +360,11 @@ def markdown(results: dict) -> str:
             cells = " | ".join("–" if v is None else f"{v:.2f}" for v in vals)
             name = task.replace("_", " ") + (" (tier 2)" if task in TIER2_TASKS else "")
             lines.append(f"| {name} | {cells} | {GOALS.get(task, 'reported')} |")
+        clean = [d["by_guidance"][g].get("clean_scene") for g in gs]
+        if any(v is not None for v in clean):
+            cells = " | ".join("–" if v is None else f"{v:.2f}" for v in clean)
+            lines.append(f"| one-object images that are one clean scene (render and compare) | "
+                         f"{cells} | reported |")
         if "negative_avoidance" in d:
             neg = d["negative_prompt"]
             lines.append(

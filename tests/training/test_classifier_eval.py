@@ -101,7 +101,10 @@ def test_evaluation_runs_on_tiny_models(tmp_path: Path,
                                     guidances=(1.0, 7.5), negative_n=2, batch=4,
                                     ceiling_n=8)
     assert set(d["by_guidance"]) == {"1.0", "7.5"}
-    assert set(d["by_guidance"]["7.5"]) == set(evaluate.TIER1_TASKS + evaluate.TIER2_TASKS)
+    assert set(d["by_guidance"]["7.5"]) == set(
+        evaluate.TIER1_TASKS + evaluate.TIER2_TASKS + ("clean_scene",))
+    assert 0.0 <= d["by_guidance"]["7.5"]["clean_scene"] <= 1.0
+    assert "one clean scene" in evaluate.markdown({"shapes-diffusion": d})
     assert 0.0 <= d["negative_avoidance"] <= 1.0 and d["seconds_per_image"]["7.5"] > 0
     assert set(d["autoencoder_ceiling"]) == {"shape", "colour", "size", "position", "background"}
     assert all(0.0 <= v <= 1.0 for v in d["autoencoder_ceiling"].values())
