@@ -353,18 +353,16 @@ def markdown(results: dict) -> str:
         lines += [f"### shapes-diffusion ({d['prompts']} prompts per guidance, {d['steps']} DDIM steps)",
                   "", "| sub-task | " + " | ".join(f"guidance {g}" for g in gs) + " | goal |",
                   "|---|" + "---|" * (len(gs) + 1)]
-        for task in TIER1_TASKS + TIER2_TASKS:
+        for task in TIER1_TASKS + TIER2_TASKS + ("clean_scene",):
             vals = [d["by_guidance"][g].get(task) for g in gs]
             if all(v is None for v in vals):
                 continue
             cells = " | ".join("–" if v is None else f"{v:.2f}" for v in vals)
-            name = task.replace("_", " ") + (" (tier 2)" if task in TIER2_TASKS else "")
+            if task == "clean_scene":
+                name = "one-object images that are one clean scene (render and compare)"
+            else:
+                name = task.replace("_", " ") + (" (tier 2)" if task in TIER2_TASKS else "")
             lines.append(f"| {name} | {cells} | {GOALS.get(task, 'reported')} |")
-        clean = [d["by_guidance"][g].get("clean_scene") for g in gs]
-        if any(v is not None for v in clean):
-            cells = " | ".join("–" if v is None else f"{v:.2f}" for v in clean)
-            lines.append(f"| one-object images that are one clean scene (render and compare) | "
-                         f"{cells} | reported |")
         if "negative_avoidance" in d:
             neg = d["negative_prompt"]
             lines.append(
