@@ -372,7 +372,7 @@ def markdown(results: dict) -> str:
                 + f"{d['negative_avoidance']:.2f} (without the negative prompt: "
                 f"{d['avoidance_without_negative']:.2f}) | ≥ 0.95 |")
         spi = ", ".join(f"{v:.3f} s at guidance {g}" for g, v in d["seconds_per_image"].items())
-        lines += ["", f"Seconds per image (batches of 16, CPU, 20 steps): {spi}.", ""]
+        lines += ["", f"Seconds per image (batches of 16, CPU, {d['steps']} steps): {spi}.", ""]
         if "autoencoder_ceiling" in d:
             ceiling = ", ".join(f"{k} {v:.2f}" for k, v in d["autoencoder_ceiling"].items())
             lines += [f"Autoencoder ceiling (the classifier on the pipeline's own VAE "
