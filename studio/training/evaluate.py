@@ -116,9 +116,14 @@ def score_tier2(objs: list, req: dict) -> dict[str, bool]:
     return {"two_object": two, "binding": bound, "relation": rel}
 
 
-def valid_single(clf: Classifier, images: np.ndarray) -> tuple[np.ndarray, dict]:
-    """Which images read as one valid shape (confident heads, exactly one object region)."""
-    pred = clf.predict(images)
+def valid_single(clf: Classifier, images: np.ndarray,
+                 pred: dict | None = None) -> tuple[np.ndarray, dict]:
+    """Which images read as one valid shape (confident heads, exactly one object region).
+
+    ``pred`` is ``clf.predict(images)`` when the caller has it already.
+    """
+    if pred is None:
+        pred = clf.predict(images)
     ok = np.ones(len(images), bool)
     for k in ("shape", "colour", "background"):
         ok &= pred[k]["prob"] >= CONFIDENT
@@ -210,7 +215,8 @@ def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps:
         # many one-object images are a clean scene at all.
         tier1_idx = [i for i, (t, _, _) in enumerate(prompts) if t != "tier2"]
         if tier1_idx:
-            clean, _ = valid_single(clf, images[tier1_idx])
+            tier1_pred = {k: {f: v[tier1_idx] for f, v in head.items()} for k, head in pred.items()}
+            clean, _ = valid_single(clf, images[tier1_idx], tier1_pred)
             result["by_guidance"][str(g)]["clean_scene"] = float(clean.mean())
         if g == max(guidances):
             # the first 8 prompts of each group, for the sample grid (not written to JSON)

@@ -16,17 +16,19 @@ from functools import cache
 import numpy as np
 
 from studio.training import world
+from studio.training.classifier import PALETTE_TOLERANCE
 
 ANGLE_STEPS = 24
 CENTRE_STEPS = (-2.0, -1.0, 0.0, 1.0, 2.0)
 RADIUS_FACTORS = (0.9, 0.95, 1.0, 1.05, 1.1)
 RIM_PIXELS = 1.5
-PIXEL_TOLERANCE = 60.0  # RGB distance beyond which a pixel counts as different
 # Mismatching pixels away from the outline, over the square root of the object's area (a
 # misfit outline grows with the object's size, a wrong shape with its area). Over 1500
 # held-out real scenes 99% score below 0.42 and the largest is 0.83; the shapes-vae
 # reconstructions of 300 of them (31 dB) score below 0.52 in 95% of cases.
 MAX_MISMATCH = 1.5
+# The rotation after which each shape looks the same again (0: any rotation).
+SYMMETRY = {"circle": 0.0, "square": np.pi / 2, "triangle": 2 * np.pi / 3, "star": 2 * np.pi / 5}
 
 
 @cache
@@ -36,8 +38,6 @@ def _area_per_radius_squared(shape: str) -> float:
     return float(np.clip(0.5 - sd, 0.0, 1.0).sum()) / 20.0 ** 2
 
 
-def _symmetry(shape: str) -> float:
-    return {"circle": 0.0, "square": np.pi / 2, "triangle": 2 * np.pi / 3, "star": 2 * np.pi / 5}[shape]
 
 
 def mismatch(image: np.ndarray, background: str, colour: str, shape: str) -> float:
@@ -58,13 +58,13 @@ def mismatch(image: np.ndarray, background: str, colour: str, shape: str) -> flo
     ys, xs = np.mgrid[0:world.IMAGE_SIZE, 0:world.IMAGE_SIZE].astype(np.float32) + 0.5
     cx, cy = float((alpha * xs).sum() / area), float((alpha * ys).sum() / area)
     radius = float(np.sqrt(area / _area_per_radius_squared(shape)))
-    wedge = _symmetry(shape)
+    wedge = SYMMETRY[shape]
     angles = np.linspace(0.0, wedge, ANGLE_STEPS, endpoint=False) if wedge else np.zeros(1)
 
     def best(candidates: list[tuple[float, float, float, float]]) -> tuple[int, tuple]:
         specs = [(world.ObjectSpec(shape, colour, "", "", x, y, r, a),) for x, y, r, a in candidates]
         refs = world.render_from_specs([background] * len(specs), specs).astype(np.float32)
-        wrong = (np.linalg.norm(refs - img[None], axis=-1) > PIXEL_TOLERANCE).sum(axis=(1, 2))
+        wrong = (np.linalg.norm(refs - img[None], axis=-1) > PALETTE_TOLERANCE).sum(axis=(1, 2))
         k = int(wrong.argmin())
         return int(wrong[k]), candidates[k]
 
@@ -81,7 +81,7 @@ def mismatch(image: np.ndarray, background: str, colour: str, shape: str) -> flo
                                np.array([angle]))[0]
     ref = world.render_from_specs(
         [background], [[world.ObjectSpec(shape, colour, "", "", cx, cy, radius, angle)]])[0]
-    wrong = (np.linalg.norm(ref.astype(np.float32) - img, axis=-1) > PIXEL_TOLERANCE)
+    wrong = (np.linalg.norm(ref.astype(np.float32) - img, axis=-1) > PALETTE_TOLERANCE)
     wrong &= np.abs(sd) > RIM_PIXELS
     return float(wrong.sum()) / np.sqrt(area)
 
