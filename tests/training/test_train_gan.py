@@ -52,6 +52,19 @@ def test_non_saturating_loss_with_batch_norm_discriminator_and_wider_generator(t
     build_generator(config).load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
 
 
+def test_bf16_autocast_trains_float32_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "gan"
+    rc = main(["shapes-gan", "--tiny", "--steps", "2", "--batch-size", "4",
+               "--precision", "bf16", "--out", str(out)])
+    assert rc == 0
+    assert json.loads((out / "training_log.json").read_text())["precision"] == "bf16"
+    weights = load_file(str(out / "model.safetensors"))
+    assert all(t.dtype == torch.float32 for t in weights.values() if t.is_floating_point())
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
 @pytest.mark.parametrize("norm", ["spectral", "batch"])
 def test_generator_and_discriminator_sizes(norm):
     gen = build_generator({"z_dim": 16, "base_channels": 4, "image_size": 32})
