@@ -397,11 +397,11 @@ def markdown(results: dict) -> str:
                   f"| reconstruction PSNR ({v2['heldout_images']} held-out scenes) | "
                   f"{v2['psnr_db']:.1f} dB |",
                   f"| latent-map cells (16×16 over ±2σ) read as one valid shape | "
-                  f"{v2['map_cells_valid']:.2f} |", ""]
+                  f"{v2['map_cells_valid']:.3f} |", ""]
     gan = results.get("shapes-gan")
     if gan:
         lines += ["### shapes-gan", "", "| metric | value | goal |", "|---|---|---|",
-                  f"| precision ({gan['samples']} samples) | {gan['precision']:.2f} | ≥ 0.90 |",
+                  f"| precision ({gan['samples']} samples) | {gan['precision']:.3f} | ≥ 0.90 |",
                   f"| coverage of shape × colour classes | {gan['coverage']}/{gan['classes']} "
                   f"| 32/32 |", ""]
     pw = results.get("prompt-writer")
