@@ -38,8 +38,6 @@ def _area_per_radius_squared(shape: str) -> float:
     return float(np.clip(0.5 - sd, 0.0, 1.0).sum()) / 20.0 ** 2
 
 
-
-
 def mismatch(image: np.ndarray, background: str, colour: str, shape: str) -> float:
     """Pixels unlike the best-fitting clean scene, away from its outline, over √(object area).
 
