@@ -6,6 +6,11 @@ discriminator has spectral norm or, as in the original DCGAN, batch norm
 loss of Goodfellow et al. (``--loss``). The saved weights are an exponential moving
 average of the generator's, with batch-norm statistics re-estimated at the
 end, which gives cleaner samples than the last training step. z ~ N(0, I).
+
+``--init-from FOLDER`` continues a finished generator (a ``config.json`` +
+``model.safetensors`` folder such as ``models/shapes-gan``) against a fresh
+discriminator: the finished folder keeps only the averaged generator, not the
+discriminator or the optimisers that ``--resume`` needs.
 """
 
 from __future__ import annotations
@@ -40,6 +45,31 @@ from studio.training.train_vae import Budget, cosine_lr, save_grid, to_uint8, tr
 DEFAULT_STEPS = 4000
 DEFAULT_BATCH_SIZE = 32
 TINY_CONFIG: dict[str, Any] = dict(DEFAULT_CONFIG, z_dim=8, base_channels=4)
+# A warm-started generator would otherwise take full steps along the gradients of a
+# discriminator that has not yet learnt anything, and lose what it had.
+WARM_START_GENERATOR_WARMUP = 2000
+
+
+def load_generator_folder(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config, state dict) of a finished generator folder; ``TrainError`` names a bad file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config_file, weights_file = folder / "config.json", folder / "model.safetensors"
+    for f in (config_file, weights_file):
+        if not f.is_file():
+            raise TrainError(f"--init-from: {f} is missing")
+    try:
+        config = json.loads(config_file.read_text())
+        if not isinstance(config, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise TrainError(f"--init-from: corrupt {config_file}: {exc}") from None
+    try:
+        state = load_file(str(weights_file))
+    except (OSError, SafetensorError) as exc:
+        raise TrainError(f"--init-from: corrupt {weights_file}: {exc}") from None
+    return config, state
 
 
 def recalibrate_batchnorm(gen, z_dim: int, batches: int = 32, batch_size: int = 128) -> None:
@@ -89,14 +119,34 @@ def train(args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     tiny = getattr(args, "tiny", False)
     config = dict(TINY_CONFIG if tiny else DEFAULT_CONFIG)
-    # A wider generator does not widen the discriminator, which dominates the step time.
-    disc_config = {**config, "disc_channels": config["base_channels"], "disc_norm": args.disc_norm}
+    # The discriminator's width is its own: widening the generator (here, or in a
+    # generator loaded by --init-from) leaves it as it is.
+    disc_channels = int(config["base_channels"]) if args.disc_channels is None else args.disc_channels
+    if disc_channels < 1:
+        raise TrainError(f"--disc-channels must be positive, got {disc_channels}")
+    init_from = Path(args.init_from) if getattr(args, "init_from", None) else None
+    init_state = None
+    if init_from is not None:
+        init_config, init_state = load_generator_folder(init_from)
+        config = {**DEFAULT_CONFIG, **init_config}
+        if args.base_channels not in (None, config["base_channels"]):
+            raise TrainError(f"--base-channels {args.base_channels} does not match the "
+                             f"generator in {init_from} ({config['base_channels']})")
+    disc_config = {**config, "disc_channels": disc_channels, "disc_norm": args.disc_norm}
     if args.base_channels is not None:
         if args.base_channels < 1:
             raise TrainError(f"--base-channels must be positive, got {args.base_channels}")
         config["base_channels"] = args.base_channels
     z_dim = int(config["z_dim"])
-    gen = build_generator(config).to(device)
+    gen = build_generator(config)
+    if init_state is not None:
+        try:
+            gen.load_state_dict(init_state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise TrainError(f"--init-from: {init_from / 'model.safetensors'} does not fit "
+                             f"its config.json: {first}") from None
+    gen = gen.to(device)
     disc = build_discriminator(disc_config).to(device)
     ema = copy.deepcopy(gen).eval()
     for p in ema.parameters():
@@ -112,10 +162,10 @@ def train(args: argparse.Namespace) -> None:
         step, _ = load_checkpoint(out, modules, optimizers)
     budget = Budget(args.steps, args.max_minutes, step)
     bar = Progress(args.steps, initial=step, desc="shapes-gan")
-    warmup = 1
+    g_warmup = WARM_START_GENERATOR_WARMUP if init_from is not None else 1
     while not budget.done(step):
-        scale = cosine_lr(step, args.steps, 1.0, warmup, budget.progress(step))
-        for opt, lr in ((opt_g, args.lr_g), (opt_d, args.lr_d)):
+        for opt, lr, warmup in ((opt_g, args.lr_g, g_warmup), (opt_d, args.lr_d, 1)):
+            scale = cosine_lr(step, args.steps, 1.0, warmup, budget.progress(step))
             for group in opt.param_groups:
                 group["lr"] = lr * scale
         real = training_batch((args.seed, step), args.batch_size).to(device)
@@ -160,9 +210,12 @@ def train(args: argparse.Namespace) -> None:
         ms = (time.perf_counter() - t0) / 50 * 1000
     info = {
         "model": "shapes-gan", "steps": step, "max_minutes": args.max_minutes, "batch_size": args.batch_size,
-        "loss": args.loss, "disc_norm": args.disc_norm, "precision": args.precision,
+        "loss": args.loss, "disc_norm": args.disc_norm,
+        "disc_channels": disc_channels, "precision": args.precision,
         "lr_g": args.lr_g, "lr_d": args.lr_d, "ema": args.ema, "wall_seconds": round(wall, 1),
         "device": args.device,
+        **({"init_from": str(init_from), "init_steps": _finished_steps(init_from)}
+           if init_from is not None else {}),
         "generator_parameters": sum(p.numel() for p in ema.parameters()),
         "discriminator_parameters": sum(p.numel() for p in disc.parameters()),
         "cpu_ms_per_sample": round(ms, 2),
@@ -175,6 +228,13 @@ def train(args: argparse.Namespace) -> None:
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
 
 
+def _finished_steps(folder: Path) -> int | None:
+    try:
+        return int(json.loads((folder / "training_log.json").read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-g", type=float, default=2e-4, help="generator learning rate")
     parser.add_argument("--lr-d", type=float, default=2e-4, help="discriminator learning rate")
@@ -182,6 +242,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hinge, or the non-saturating logistic loss")
     parser.add_argument("--disc-norm", choices=DISCRIMINATOR_NORMS, default="spectral",
                         help="discriminator normalisation")
+    parser.add_argument("--disc-channels", type=int, default=None,
+                        help=f"discriminator width at 32x32 (default {DEFAULT_CONFIG['base_channels']})")
     parser.add_argument("--base-channels", type=int, default=None,
                         help=f"generator width at 32x32 (default {DEFAULT_CONFIG['base_channels']})")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -191,4 +253,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop after this much wall time (the schedule adapts)")
+    parser.add_argument("--init-from", default=None, metavar="FOLDER",
+                        help="continue a finished generator folder (config.json + "
+                             "model.safetensors) against a fresh discriminator")
     parser.add_argument("--tiny", action="store_true", help="a very small model (tests)")

@@ -93,3 +93,53 @@ def test_bad_arguments_exit_non_zero(tmp_path, capsys):
     assert main(["shapes-gan", "--tiny", "--steps", "1", "--base-channels", "0",
                  "--out", str(tmp_path)]) == 2
     assert "--base-channels" in capsys.readouterr().err
+
+
+def test_init_from_continues_a_finished_generator(tmp_path):
+    from safetensors.torch import load_file
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["shapes-gan", "--tiny", "--steps", "2", "--batch-size", "4",
+                 "--base-channels", "6", "--out", str(first)]) == 0
+    assert main(["shapes-gan", "--steps", "1", "--batch-size", "4", "--lr-g", "0",
+                 "--init-from", str(first), "--out", str(second)]) == 0
+    config = json.loads((second / "config.json").read_text())
+    assert config == json.loads((first / "config.json").read_text())
+    log = json.loads((second / "training_log.json").read_text())
+    assert log["init_from"] == str(first) and log["init_steps"] == 2
+    before, after = (load_file(str(d / "model.safetensors")) for d in (first, second))
+    # With the generator's learning rate at zero, its weights come through unchanged
+    # (batch-norm statistics are re-estimated, so only weights are compared).
+    for key, value in before.items():
+        if "running" not in key and "num_batches" not in key:
+            assert torch.equal(value, after[key]), key
+
+
+def test_init_from_bad_folders_name_the_file(tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(["shapes-gan", "--tiny", "--steps", "1", "--batch-size", "4",
+                 "--out", str(first)]) == 0
+    out = str(tmp_path / "out")
+    assert main(["shapes-gan", "--steps", "1", "--init-from", str(first),
+                 "--base-channels", "64", "--out", out]) == 2
+    assert "--base-channels" in capsys.readouterr().err
+    (first / "model.safetensors").write_bytes(b"not safetensors")
+    assert main(["shapes-gan", "--steps", "1", "--init-from", str(first), "--out", out]) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+    assert main(["shapes-gan", "--steps", "1", "--init-from", str(tmp_path / "none"),
+                 "--out", out]) == 2
+    assert "config.json is missing" in capsys.readouterr().err
+
+
+def test_discriminator_width_is_its_own(tmp_path, capsys):
+    out = tmp_path / "gan"
+    assert main(["shapes-gan", "--tiny", "--steps", "1", "--batch-size", "4",
+                 "--base-channels", "6", "--out", str(out)]) == 0
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["disc_channels"] == 4  # the tiny recipe's width, not the generator's
+    assert main(["shapes-gan", "--tiny", "--steps", "1", "--batch-size", "4",
+                 "--disc-channels", "5", "--out", str(out)]) == 0
+    assert json.loads((out / "training_log.json").read_text())["disc_channels"] == 5
+    assert main(["shapes-gan", "--tiny", "--steps", "1", "--disc-channels", "0",
+                 "--out", str(out)]) == 2
+    assert "--disc-channels" in capsys.readouterr().err
