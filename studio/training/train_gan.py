@@ -50,26 +50,25 @@ TINY_CONFIG: dict[str, Any] = dict(DEFAULT_CONFIG, z_dim=8, base_channels=4)
 WARM_START_GENERATOR_WARMUP = 2000
 
 
-def load_generator_folder(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(config, state dict) of a finished generator folder; ``TrainError`` names a bad file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def load_generator_folder(folder: Path) -> tuple[dict[str, Any], Any]:
+    """(config, generator) of a finished generator folder; ``TrainError`` names a bad file."""
+    from studio.core.errors import UserError
+    from studio.core.weights import load_module
 
-    config_file, weights_file = folder / "config.json", folder / "model.safetensors"
-    for f in (config_file, weights_file):
-        if not f.is_file():
-            raise TrainError(f"--init-from: {f} is missing")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise TrainError(f"--init-from: {config_file} is missing")
     try:
         config = json.loads(config_file.read_text())
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
-        raise TrainError(f"--init-from: corrupt {config_file}: {exc}") from None
+        raise TrainError(f"--init-from: cannot read {config_file}: {exc}") from None
+    config = {**DEFAULT_CONFIG, **config}
     try:
-        state = load_file(str(weights_file))
-    except (OSError, SafetensorError) as exc:
-        raise TrainError(f"--init-from: corrupt {weights_file}: {exc}") from None
-    return config, state
+        return config, load_module(folder, config, build_generator, "a DCGAN generator")
+    except UserError as exc:
+        raise TrainError(f"--init-from: {exc.message}") from None
 
 
 def recalibrate_batchnorm(gen, z_dim: int, batches: int = 32, batch_size: int = 128) -> None:
@@ -125,10 +124,9 @@ def train(args: argparse.Namespace) -> None:
     if disc_channels < 1:
         raise TrainError(f"--disc-channels must be positive, got {disc_channels}")
     init_from = Path(args.init_from) if getattr(args, "init_from", None) else None
-    init_state = None
+    gen = None
     if init_from is not None:
-        init_config, init_state = load_generator_folder(init_from)
-        config = {**DEFAULT_CONFIG, **init_config}
+        config, gen = load_generator_folder(init_from)
         if args.base_channels not in (None, config["base_channels"]):
             raise TrainError(f"--base-channels {args.base_channels} does not match the "
                              f"generator in {init_from} ({config['base_channels']})")
@@ -138,14 +136,8 @@ def train(args: argparse.Namespace) -> None:
             raise TrainError(f"--base-channels must be positive, got {args.base_channels}")
         config["base_channels"] = args.base_channels
     z_dim = int(config["z_dim"])
-    gen = build_generator(config)
-    if init_state is not None:
-        try:
-            gen.load_state_dict(init_state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise TrainError(f"--init-from: {init_from / 'model.safetensors'} does not fit "
-                             f"its config.json: {first}") from None
+    if gen is None:
+        gen = build_generator(config)
     gen = gen.to(device)
     disc = build_discriminator(disc_config).to(device)
     ema = copy.deepcopy(gen).eval()
