@@ -48,6 +48,8 @@ TINY_CONFIG: dict[str, Any] = dict(DEFAULT_CONFIG, z_dim=8, base_channels=4)
 # A warm-started generator would otherwise take full steps along the gradients of a
 # discriminator that has not yet learnt anything, and lose what it had.
 WARM_START_GENERATOR_WARMUP = 2000
+# Seeds (seed, step) draw the training batches; this stream lies beyond any step.
+FEATURE_SCALE_STREAM = 2**40
 
 
 def load_generator_folder(folder: Path) -> tuple[dict[str, Any], Any]:
@@ -69,6 +71,24 @@ def load_generator_folder(folder: Path) -> tuple[dict[str, Any], Any]:
         return config, load_module(folder, config, build_generator, "a DCGAN generator")
     except UserError as exc:
         raise TrainError(f"--init-from: {exc.message}") from None
+
+
+def feature_discriminator(folder: Path, config: dict[str, Any], width: int, seed: int = 0):
+    """A projected discriminator on the frozen encoder of the AutoencoderKL in ``folder``."""
+    from studio.core.errors import UserError
+    from studio.core.vae import load_vae
+    from studio.training.projected_disc import FeatureDiscriminator
+
+    try:
+        vae = load_vae(str(folder))
+    except UserError as exc:
+        raise TrainError(f"--disc-features: {exc.message}") from None
+    if vae.kind != "autoencoder-kl" or vae.image_size != int(config["image_size"]):
+        raise TrainError(f"--disc-features: {folder} must be an AutoencoderKL for "
+                         f"{config['image_size']}x{config['image_size']} images")
+    reference = training_batch((seed, FEATURE_SCALE_STREAM), 128)
+    return FeatureDiscriminator(vae.module.encoder, int(config["image_size"]),
+                                int(config["channels"]), width, reference)
 
 
 def recalibrate_batchnorm(gen, z_dim: int, batches: int = 32, batch_size: int = 128) -> None:
@@ -139,12 +159,15 @@ def train(args: argparse.Namespace) -> None:
     if gen is None:
         gen = build_generator(config)
     gen = gen.to(device)
-    disc = build_discriminator(disc_config).to(device)
+    disc = (build_discriminator(disc_config) if args.disc_features is None
+            else feature_discriminator(Path(args.disc_features), config, disc_channels,
+                                       args.seed)).to(device)
     ema = copy.deepcopy(gen).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
     opt_g = torch.optim.Adam(gen.parameters(), lr=args.lr_g, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr_d, betas=(0.5, 0.999))
+    disc_params = [p for p in disc.parameters() if p.requires_grad]
+    opt_d = torch.optim.Adam(disc_params, lr=args.lr_d, betas=(0.5, 0.999))
     modules = {"gen": gen, "disc": disc, "ema": ema}
     optimizers = {"gen": opt_g, "disc": opt_d}
     step = 0
@@ -204,12 +227,13 @@ def train(args: argparse.Namespace) -> None:
         "model": "shapes-gan", "steps": step, "max_minutes": args.max_minutes, "batch_size": args.batch_size,
         "loss": args.loss, "disc_norm": args.disc_norm,
         "disc_channels": disc_channels, "precision": args.precision,
+        **({"disc_features": str(args.disc_features)} if args.disc_features is not None else {}),
         "lr_g": args.lr_g, "lr_d": args.lr_d, "ema": args.ema, "wall_seconds": round(wall, 1),
         "device": args.device,
         **({"init_from": str(init_from), "init_steps": _finished_steps(init_from)}
            if init_from is not None else {}),
         "generator_parameters": sum(p.numel() for p in ema.parameters()),
-        "discriminator_parameters": sum(p.numel() for p in disc.parameters()),
+        "discriminator_parameters": sum(p.numel() for p in disc_params),
         "cpu_ms_per_sample": round(ms, 2),
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
@@ -236,6 +260,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="discriminator normalisation")
     parser.add_argument("--disc-channels", type=int, default=None,
                         help=f"discriminator width at 32x32 (default {DEFAULT_CONFIG['base_channels']})")
+    parser.add_argument("--disc-features", default=None, metavar="FOLDER",
+                        help="judge images through the frozen encoder of this AutoencoderKL "
+                             "folder (a projected discriminator, e.g. models/shapes-vae); "
+                             "--disc-channels then sets its heads' width")
     parser.add_argument("--base-channels", type=int, default=None,
                         help=f"generator width at 32x32 (default {DEFAULT_CONFIG['base_channels']})")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",

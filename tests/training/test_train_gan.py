@@ -143,3 +143,64 @@ def test_discriminator_width_is_its_own(tmp_path, capsys):
     assert main(["shapes-gan", "--tiny", "--steps", "1", "--disc-channels", "0",
                  "--out", str(out)]) == 2
     assert "--disc-channels" in capsys.readouterr().err
+
+
+def _tiny_autoencoder(folder, sample_size=64):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(4, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
+                  up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=4,
+                  layers_per_block=1, latent_channels=4,
+                  sample_size=sample_size).save_pretrained(str(folder))
+    return folder
+
+
+def test_feature_discriminator_trains_only_its_heads():
+    from diffusers import AutoencoderKL
+
+    from studio.training.projected_disc import FeatureDiscriminator
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(4, 8, 8), down_block_types=("DownEncoderBlock2D",) * 3,
+                        up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=4,
+                        layers_per_block=1, latent_channels=4)
+    frozen = {k: v.clone() for k, v in vae.encoder.state_dict().items()}
+    reference = torch.rand(8, 3, 64, 64) * 2 - 1
+    disc = FeatureDiscriminator(vae.encoder, 64, width=4, reference=reference)
+    # Taps: the 64x64 pixels, then 32x32, 16x16 and twice 16x16 (the last down block
+    # and the middle one):
+    # one 4x4 map of patch logits each.
+    assert len(disc.heads) == 5
+    x = (torch.rand(2, 3, 64, 64) * 2 - 1).requires_grad_(True)
+    logits = disc(x)
+    assert logits.shape == (2 * 5 * 16,)
+    trainable = [p for p in disc.parameters() if p.requires_grad]
+    assert trainable and all(any(p is q for q in disc.heads.parameters()) for p in trainable)
+    opt = torch.optim.Adam(trainable, lr=1e-2)
+    logits.mean().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0  # the generator gets a gradient
+    opt.step()
+    disc.train()
+    assert not disc.encoder.training
+    for key, value in disc.encoder.state_dict().items():
+        assert torch.equal(value, frozen[key]), key
+
+
+def test_disc_features_runs_and_rejects_a_wrong_folder(tmp_path, capsys):
+    pytest.importorskip("diffusers")
+    vae_dir = _tiny_autoencoder(tmp_path / "vae")
+    out = tmp_path / "gan"
+    assert main(["shapes-gan", "--tiny", "--steps", "2", "--batch-size", "4",
+                 "--disc-features", str(vae_dir), "--out", str(out)]) == 0
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["disc_features"] == str(vae_dir)
+    assert log["discriminator_parameters"] < sum(
+        p.numel() for p in build_discriminator({"base_channels": 32}).parameters())
+    small = _tiny_autoencoder(tmp_path / "small", sample_size=32)
+    assert main(["shapes-gan", "--tiny", "--steps", "1", "--disc-features", str(small),
+                 "--out", str(out)]) == 2
+    assert "64x64" in capsys.readouterr().err
+    assert main(["shapes-gan", "--tiny", "--steps", "1", "--disc-features",
+                 str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "--disc-features" in capsys.readouterr().err
