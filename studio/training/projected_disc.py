@@ -51,23 +51,21 @@ class FeatureDiscriminator(nn.Module):
         self.encoder = encoder.eval()
         for p in self.encoder.parameters():
             p.requires_grad_(False)
-        self.taps: list[nn.Module] = [*encoder.down_blocks, encoder.mid_block]
         if reference is None:
             reference = torch.zeros(2, channels, image_size, image_size)
         with torch.no_grad():
             feats = self._features(reference)
-        shapes = [f.shape for f in feats]
+        self._used = [i for i, f in enumerate(feats) if f.shape[2] >= HEAD_GRID]
         # The encoder's activations run to the hundreds; dividing each channel by its
         # spread over real scenes gives every head unit-scale input and sane first logits.
-        for i, f in enumerate(feats):
-            self.register_buffer(f"scale{i}", 1.0 / (f.std(dim=(0, 2, 3), keepdim=True) + 1e-3))
+        for i in self._used:
+            self.register_buffer(f"scale{i}", 1.0 / (feats[i].std(dim=(0, 2, 3), keepdim=True) + 1e-3))
         # The pixel head only has to see local texture, so it is half as wide: at full
         # width it would cost as much as all the feature heads together.
         self.heads = nn.ModuleList(
-            _head(int(s[1]), int(s[2]), max(1, width // 2) if i == 0 else width)
-            for i, s in enumerate(shapes) if int(s[2]) >= HEAD_GRID
+            _head(feats[i].shape[1], feats[i].shape[2], max(1, width // 2) if i == 0 else width)
+            for i in self._used
         )
-        self._used = [i for i, s in enumerate(shapes) if int(s[2]) >= HEAD_GRID]
 
     def train(self, mode: bool = True) -> FeatureDiscriminator:
         super().train(mode)
@@ -75,15 +73,14 @@ class FeatureDiscriminator(nn.Module):
         return self
 
     def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        # The encoder's own forward, with each tapped block's output caught on the way.
-        caught: list[torch.Tensor] = [x]
-        hooks = [m.register_forward_hook(lambda _m, _i, out: caught.append(out)) for m in self.taps]
-        try:
-            self.encoder(x)
-        finally:
-            for h in hooks:
-                h.remove()
-        return caught
+        # The encoder's own blocks, stopping after the middle one: the layers that follow
+        # only turn its features into latent moments, which no head reads.
+        feats = [x]
+        h = self.encoder.conv_in(x)
+        for block in (*self.encoder.down_blocks, self.encoder.mid_block):
+            h = block(h)
+            feats.append(h)
+        return feats
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self._features(x)
