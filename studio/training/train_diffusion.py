@@ -22,6 +22,7 @@ folder with the project's own CLIP-format BPE tokenizer.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import shutil
@@ -92,6 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "of an earlier pipeline folder; skips the autoencoder phase")
     parser.add_argument("--cache-size", type=int, default=None,
                         help="number of pre-encoded training latents (default: from steps)")
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="decay of an exponential moving average of the UNet's weights, "
+                             "saved in place of the last weights (e.g. 0.9995; default 0: off)")
+    parser.add_argument("--list-captions", type=float, default=ATTRIBUTE_LIST_SHARE,
+                        help="share of captions replaced by a bare attribute list such as "
+                             "'red, blue', the form negative prompts take "
+                             f"(default {ATTRIBUTE_LIST_SHARE})")
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -225,12 +233,13 @@ def attribute_list_caption(rng: np.random.Generator, scene: world.Scene) -> str:
     return ", ".join(words)
 
 
-def training_batch(start_seed: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+def training_batch(start_seed: int, n: int, rng: np.random.Generator,
+                   list_share: float = ATTRIBUTE_LIST_SHARE) -> tuple[np.ndarray, list[str]]:
     """Render ``n`` scenes (a tier mix) and their training captions."""
     tiers = np.where(rng.random(n) < TIER2_SHARE, 2, 1)
     images, captions, scenes = world.render_batch(range(start_seed, start_seed + n), tier=tiers)
     for i, scene in enumerate(scenes):
-        if scene.caption and rng.random() < ATTRIBUTE_LIST_SHARE:
+        if scene.caption and rng.random() < list_share:
             captions[i] = attribute_list_caption(rng, scene)
     return images, captions
 
@@ -363,7 +372,8 @@ def pretrain_text_encoder(text_encoder: Any, tokenizer: Any, steps: int, batch: 
     return {"text_steps": steps, "text_seconds": seconds, "text_loss": bar.loss}
 
 
-def encode_cache(vae: Any, n: int, device: str, seed: int, rng_seed: int) -> tuple[Any, list[str]]:
+def encode_cache(vae: Any, n: int, device: str, seed: int, rng_seed: int,
+                 list_share: float = ATTRIBUTE_LIST_SHARE) -> tuple[Any, list[str]]:
     """Pre-encode ``n`` training scenes to latent (mean, std) pairs."""
     import torch
 
@@ -375,7 +385,7 @@ def encode_cache(vae: Any, n: int, device: str, seed: int, rng_seed: int) -> tup
     with torch.no_grad():
         for i in range(0, n, chunk):
             k = min(chunk, n - i)
-            images, caps = training_batch(base + i, k, rng)
+            images, caps = training_batch(base + i, k, rng, list_share)
             dist = vae.encode(to_tensor(images, device)).latent_dist
             means.append(dist.mean.cpu())
             stds.append(dist.std.cpu())
@@ -463,6 +473,8 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     import torch
 
     params = list(unet.parameters())
+    ema = modules.get("unet_ema")
+    ema_decay = float(state.get("ema", 0.0))
     text_encoder.requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     if start > 0:
@@ -507,6 +519,11 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if ema is not None:
+            # warm-up: early on the average follows the weights closely
+            rate = 1.0 - min(ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(list(ema.parameters()), params, rate)
         bar.update(per_sample.mean().item())
         state["unet_steps_done"] = step + 1
         if time.monotonic() - last_save > CHECKPOINT_EVERY_S and step + 1 < steps:
@@ -523,7 +540,8 @@ def save_pipeline(out: Path, modules: dict, tokenizer: Any, state: dict) -> None
     """Write the StableDiffusionPipeline folder (fp32 safetensors) into ``out``."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    vae, unet, text_encoder = modules["vae"], modules["unet"], modules["text_encoder"]
+    vae, text_encoder = modules["vae"], modules["text_encoder"]
+    unet = modules.get("unet_ema", modules["unet"])
     vae.register_to_config(scaling_factor=float(state["scaling_factor"]))
     scheduler = DDIMScheduler(
         num_train_timesteps=1000,
@@ -567,6 +585,12 @@ def train(args: argparse.Namespace) -> None:
     if vae_steps <= 0:
         raise TrainError(f"--vae-steps must be a positive integer, got {vae_steps}")
     seed = int(getattr(args, "seed", 0) or 0)
+    ema = float(getattr(args, "ema", 0.0) or 0.0)
+    if not 0.0 <= ema < 1.0:
+        raise TrainError(f"--ema must be in [0, 1), got {ema}")
+    list_share = float(getattr(args, "list_captions", ATTRIBUTE_LIST_SHARE))
+    if not 0.0 <= list_share <= 1.0:
+        raise TrainError(f"--list-captions must be in [0, 1], got {list_share}")
     cache_size = getattr(args, "cache_size", None) or int(min(50000, max(64, steps * batch // 4)))
     torch.manual_seed(seed)
 
@@ -608,10 +632,13 @@ def train(args: argparse.Namespace) -> None:
     unet.to(device)
     text_encoder.to(device)
     modules = {"vae": vae, "unet": unet, "text_encoder": text_encoder}
+    if ema > 0:
+        # Every checkpoint carries the average, so --resume continues it.
+        modules["unet_ema"] = copy.deepcopy(unet).requires_grad_(False).eval()
     state: dict[str, Any] = {
         "preset": preset, "steps": steps, "vae_steps": vae_steps, "batch_size": batch,
         "seed": seed, "cache_size": cache_size, "device": device,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "ema": ema, "list_captions": list_share,
     }
     state.update(state_init)
     if saved is not None:
@@ -641,7 +668,7 @@ def train(args: argparse.Namespace) -> None:
         phase = "unet"
         save_checkpoint(out, 0, modules, None, {**state, "phase": phase})
     if phase != "decoder":
-        cache, captions = encode_cache(vae, cache_size, device, seed, seed + 1)
+        cache, captions = encode_cache(vae, cache_size, device, seed, seed + 1, list_share)
         if "scaling_factor" not in state:
             state["scaling_factor"] = float(1.0 / cache[0].std())
         max_minutes = getattr(args, "max_minutes", None)
@@ -657,7 +684,8 @@ def train(args: argparse.Namespace) -> None:
         state.update(finetune_decoder(vae, decoder_steps, state_batch(preset, batch), device,
                                       seed))
     state["wall_seconds_this_run"] = time.monotonic() - started
-    state["parameters"] = {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()}
+    state["parameters"] = {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()
+                           if k != "unet_ema"}
     save_pipeline(out, modules, tokenizer, state)
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     print(f"saved {out}")

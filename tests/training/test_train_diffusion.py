@@ -80,6 +80,8 @@ def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
     (["no-such-model"], "unknown model"),
     (["shapes-diffusion", "--steps", "0"], "--steps must be a positive integer"),
     (["shapes-diffusion", "--batch-size", "-1"], "--batch-size must be a positive integer"),
+    (["shapes-diffusion", "--ema", "1.5"], "--ema must be in [0, 1)"),
+    (["shapes-diffusion", "--list-captions", "-0.1"], "--list-captions must be in [0, 1]"),
 ])
 def test_bad_arguments_give_one_line_errors(argv: list[str], message: str, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
@@ -168,3 +170,76 @@ def test_init_from_keeps_the_text_encoder_the_unet_reads(tiny_pipeline: Path, tm
     for a, b in zip(before.parameters(), after.parameters(), strict=True):
         assert torch.equal(a, b)
     assert "text_steps" not in json.loads((out / "training_state.json").read_text())
+
+
+def test_ema_weights_are_the_ones_saved_and_resume(tiny_pipeline: Path, tmp_path: Path) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    from studio.training import train_diffusion
+    from studio.training.common import has_checkpoint
+
+    torch.set_num_threads(1)
+    start = UNet2DConditionModel.from_pretrained(str(tiny_pipeline / "unet")).state_dict()
+    seen: dict[str, dict] = {}
+    original = train_diffusion.save_pipeline
+
+    def record(out: Path, modules: dict, *args: object) -> None:
+        seen.update({k: {n: t.clone() for n, t in modules[k].state_dict().items()}
+                     for k in ("unet", "unet_ema")})
+        original(out, modules, *args)
+
+    out = tmp_path / "ema"
+    train_diffusion.save_pipeline = record
+    try:
+        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                     "--decoder-steps", "0", "--ema", "0.9", "--out", str(out), *TINY]) == 0
+    finally:
+        train_diffusion.save_pipeline = original
+    saved = UNet2DConditionModel.from_pretrained(str(out / "unet")).state_dict()
+    name = "conv_in.weight"
+    # one step with the warm-up rate 0.9: the average moved 90% of the way to the weights
+    expected = start[name] + 0.9 * (seen["unet"][name] - start[name])
+    assert torch.allclose(saved[name], expected, atol=1e-6)
+    assert not torch.allclose(saved[name], seen["unet"][name])
+    assert json.loads((out / "training_state.json").read_text())["ema"] == 0.9
+
+    # an interrupted --ema run keeps the average in its checkpoint and resumes it
+    run = tmp_path / "run"
+    train_diffusion.CHECKPOINT_EVERY_S, every = 0.0, train_diffusion.CHECKPOINT_EVERY_S
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    try:
+        train_diffusion.save_pipeline = interrupt
+        assert main(["shapes-diffusion", "--steps", "3", "--ema", "0.99", "--out", str(run),
+                     *TINY]) == 130
+        train_diffusion.save_pipeline = original
+        assert has_checkpoint(run)
+        keys = load_file(str(run / "checkpoint" / "weights.safetensors")).keys()
+        assert any(k.startswith("model.unet_ema.") for k in keys)
+        assert main(["shapes-diffusion", "--steps", "3", "--ema", "0.99", "--out", str(run),
+                     "--resume", *TINY]) == 0
+    finally:
+        train_diffusion.CHECKPOINT_EVERY_S = every
+        train_diffusion.save_pipeline = original
+    assert json.loads((run / "training_state.json").read_text())["unet_steps_done"] == 3
+
+
+def test_list_caption_share_sets_how_many_captions_are_lists() -> None:
+    from studio.training import world
+    from studio.training.train_diffusion import training_batch
+
+    words = set(world.COLOUR_NAMES) | set(world.SHAPES)
+
+    def is_list(caption: str) -> bool:
+        return bool(caption) and set(caption.replace(",", " ").split()) <= words
+
+    rng = np.random.default_rng(0)
+    _, none = training_batch(10**9, 100, rng, list_share=0.0)
+    _, every = training_batch(10**9, 100, rng, list_share=1.0)
+    assert not any(is_list(c) for c in none)
+    assert all(is_list(c) for c in every if c) and any(every)
