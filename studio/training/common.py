@@ -250,6 +250,22 @@ def autocast(device: str, precision: str):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
+def update_average(average: Any, model: Any, decay: float, step: int) -> None:
+    """One step of an exponential moving average of ``model``'s weights into ``average``.
+
+    The decay warms up as ``(1 + step) / (10 + step)``, so the first steps follow the
+    weights closely instead of dragging their starting point along; buffers (batch-norm
+    statistics) are copied as they are.
+    """
+    import torch
+
+    rate = 1.0 - min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(list(average.parameters()), list(model.parameters()), rate)
+        for ba, bm in zip(average.buffers(), model.buffers(), strict=True):
+            ba.copy_(bm)
+
+
 def write_json(path: Path | str, data: Any) -> None:
     """Write JSON atomically (temporary file + ``os.replace``)."""
     path = Path(path)

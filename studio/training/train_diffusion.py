@@ -40,6 +40,7 @@ from studio.training.common import (
     load_checkpoint,
     read_checkpoint_state,
     save_checkpoint,
+    update_average,
     write_json,
 )
 
@@ -520,10 +521,7 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if ema is not None:
-            # warm-up: early on the average follows the weights closely
-            rate = 1.0 - min(ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), params, rate)
+            update_average(ema, unet, ema_decay, step)
         bar.update(per_sample.mean().item())
         state["unet_steps_done"] = step + 1
         if time.monotonic() - last_save > CHECKPOINT_EVERY_S and step + 1 < steps:

@@ -32,6 +32,7 @@ from studio.training.common import (
     has_checkpoint,
     load_checkpoint,
     save_checkpoint,
+    update_average,
     write_json,
 )
 from studio.training.gan_model import (
@@ -196,12 +197,7 @@ def train(args: argparse.Namespace) -> None:
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
-        decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pg in zip(ema.parameters(), gen.parameters(), strict=True):
-                pe.lerp_(pg, 1 - decay)
-            for be, bg in zip(ema.buffers(), gen.buffers(), strict=True):
-                be.copy_(bg)
+        update_average(ema, gen, args.ema, step)
         step += 1
         bar.update(d_loss.item(), g=g_loss.item())
         if step % args.checkpoint_every == 0 and step < args.steps:
