@@ -7,6 +7,12 @@ loss of Goodfellow et al. (``--loss``). The saved weights are an exponential mov
 average of the generator's, with batch-norm statistics re-estimated at the
 end, which gives cleaner samples than the last training step. z ~ N(0, I).
 
+``--anchor WEIGHT`` adds an L1 loss that ties every z to the scene
+``z_scenes`` names for it (weight relative to the adversarial loss, as the L1
+term of pix2pix): the generator keeps a region of z for every shape, colour and
+background from the first step, and the discriminator still judges every sample
+against real scenes, including those between two regions.
+
 ``--init-from FOLDER`` continues a finished generator (a ``config.json`` +
 ``model.safetensors`` folder such as ``models/shapes-gan``) against a fresh
 discriminator: the finished folder keeps only the averaged generator, not the
@@ -23,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from studio.training import z_scenes
 from studio.training.common import (
     CHECKPOINT_DIR,
     PRECISIONS,
@@ -41,14 +48,25 @@ from studio.training.gan_model import (
     build_discriminator,
     build_generator,
 )
-from studio.training.train_vae import Budget, cosine_lr, save_grid, to_uint8, training_batch
+from studio.training.train_vae import (
+    Budget,
+    cosine_lr,
+    save_grid,
+    to_tensor,
+    to_uint8,
+    training_batch,
+)
 
 DEFAULT_STEPS = 4000
 DEFAULT_BATCH_SIZE = 32
-TINY_CONFIG: dict[str, Any] = dict(DEFAULT_CONFIG, z_dim=8, base_channels=4)
+# z_dim as large as an anchored run needs (z_scenes.ANCHOR_DIMS).
+TINY_CONFIG: dict[str, Any] = dict(DEFAULT_CONFIG, z_dim=32, base_channels=4)
 # A warm-started generator would otherwise take full steps along the gradients of a
 # discriminator that has not yet learnt anything, and lose what it had.
 WARM_START_GENERATOR_WARMUP = 2000
+# Objects cover 2-30% of a scene: unweighted, the anchor's L1 is mostly the
+# background's, which the generator learns first, and objects stay blurred for long.
+OBJECT_WEIGHT = 4.0
 # Seeds (seed, step) draw the training batches; this stream lies beyond any step.
 FEATURE_SCALE_STREAM = 2**40
 
@@ -123,6 +141,18 @@ def generator_loss(fake_logits, loss: str):
     return -fake_logits.mean() if loss == "hinge" else F.softplus(-fake_logits).mean()
 
 
+def anchor_loss(fake, z):
+    """L1 distance from ``fake`` to the scenes ``z_scenes`` names for ``z``, objects weighted up."""
+    import torch
+
+    images = z_scenes.render(z.cpu().numpy())
+    # Every scene's top-left pixel is background (no object reaches a corner).
+    mask = (images != images[:, :1, :1, :]).any(-1)
+    weight = 1.0 + OBJECT_WEIGHT * torch.from_numpy(mask).to(fake.device, fake.dtype)[:, None]
+    error = (fake - to_tensor(images).to(fake.device)).abs() * weight
+    return error.mean() / weight.mean()
+
+
 def sample(gen, n: int, z_dim: int, seed: int = 0):
     import torch
 
@@ -157,6 +187,14 @@ def train(args: argparse.Namespace) -> None:
             raise TrainError(f"--base-channels must be positive, got {args.base_channels}")
         config["base_channels"] = args.base_channels
     z_dim = int(config["z_dim"])
+    if args.anchor < 0:
+        raise TrainError(f"--anchor must be zero or positive, got {args.anchor}")
+    if args.adversarial < 0 or (args.adversarial == 0 and not args.anchor):
+        raise TrainError("--adversarial must be positive, or zero together with --anchor")
+    adversarial = args.adversarial > 0
+    if args.anchor and z_dim < z_scenes.ANCHOR_DIMS:
+        raise TrainError(f"--anchor needs z of at least {z_scenes.ANCHOR_DIMS} dimensions; "
+                         f"this generator's is {z_dim}")
     if gen is None:
         gen = build_generator(config)
     gen = gen.to(device)
@@ -184,22 +222,31 @@ def train(args: argparse.Namespace) -> None:
             scale = cosine_lr(step, args.steps, 1.0, warmup, budget.progress(step))
             for group in opt.param_groups:
                 group["lr"] = lr * scale
-        real = training_batch((args.seed, step), args.batch_size).to(device)
         z = torch.randn(args.batch_size, z_dim, device=device)
         with autocast(args.device, args.precision):
             fake = gen(z)
-            d_loss = discriminator_loss(disc(real), disc(fake.detach()), args.loss)
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        with autocast(args.device, args.precision):
-            g_loss = generator_loss(disc(fake), args.loss)
+        g_loss = fake.new_zeros((), dtype=torch.float32)
+        extra = {}
+        if adversarial:
+            real = training_batch((args.seed, step), args.batch_size).to(device)
+            with autocast(args.device, args.precision):
+                d_loss = discriminator_loss(disc(real), disc(fake.detach()), args.loss)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            with autocast(args.device, args.precision):
+                g_loss = args.adversarial * generator_loss(disc(fake), args.loss)
+            extra["d"] = d_loss.item()
+        if args.anchor:
+            l1 = anchor_loss(fake.float(), z)
+            extra["l1"] = l1.item()
+            g_loss = g_loss + args.anchor * l1
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
         update_average(ema, gen, args.ema, step)
         step += 1
-        bar.update(d_loss.item(), g=g_loss.item())
+        bar.update(g_loss.item(), **extra)
         if step % args.checkpoint_every == 0 and step < args.steps:
             save_checkpoint(out, step, modules, optimizers)
     wall = bar.close()
@@ -224,6 +271,9 @@ def train(args: argparse.Namespace) -> None:
         "loss": args.loss, "disc_norm": args.disc_norm,
         "disc_channels": disc_channels, "precision": args.precision,
         **({"disc_features": str(args.disc_features)} if args.disc_features is not None else {}),
+        **({"anchor": args.anchor, "anchor_dims": z_scenes.ANCHOR_DIMS,
+            "anchor_object_weight": OBJECT_WEIGHT} if args.anchor else {}),
+        "adversarial": args.adversarial,
         "lr_g": args.lr_g, "lr_d": args.lr_d, "ema": args.ema, "wall_seconds": round(wall, 1),
         "device": args.device,
         **({"init_from": str(init_from), "init_steps": _finished_steps(init_from)}
@@ -266,6 +316,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="bf16: bfloat16 autocast for the forward passes (faster on CPUs "
                              "with AVX-512 BF16 and on GPUs); weights stay float32")
     parser.add_argument("--ema", type=float, default=0.999, help="generator weight averaging")
+    parser.add_argument("--anchor", type=float, default=0.0, metavar="WEIGHT",
+                        help="L1 weight tying every z to the scene studio.training.z_scenes "
+                             "names for it (0: a plain GAN; e.g. 100)")
+    parser.add_argument("--adversarial", type=float, default=1.0, metavar="WEIGHT",
+                        help="weight of the generator's adversarial loss; 0 (with --anchor) "
+                             "trains the generator on the anchor alone, without a discriminator")
     parser.add_argument("--checkpoint-every", type=int, default=500)
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop after this much wall time (the schedule adapts)")

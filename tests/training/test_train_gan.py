@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -204,3 +205,73 @@ def test_disc_features_runs_and_rejects_a_wrong_folder(tmp_path, capsys):
     assert main(["shapes-gan", "--tiny", "--steps", "1", "--disc-features",
                  str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "--disc-features" in capsys.readouterr().err
+
+
+def test_anchored_run_logs_its_l1_term_and_rejects_bad_settings(tmp_path, capsys):
+    out = tmp_path / "gan"
+    assert main(["shapes-gan", "--tiny", "--steps", "2", "--batch-size", "4",
+                 "--anchor", "100", "--out", str(out)]) == 0
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["anchor"] == 100 and log["anchor_dims"] == 23
+    assert main(["shapes-gan", "--tiny", "--steps", "1", "--anchor", "-1",
+                 "--out", str(tmp_path / "neg")]) == 2
+    assert "--anchor" in capsys.readouterr().err
+    # Without the adversarial loss, the anchor is all there is to learn from.
+    assert main(["shapes-gan", "--tiny", "--steps", "1", "--adversarial", "0",
+                 "--out", str(tmp_path / "nothing")]) == 2
+    assert "--adversarial" in capsys.readouterr().err
+    short = {"z_dim": 8, "base_channels": 4}
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / "config.json").write_text(json.dumps(short))
+    from safetensors.torch import save_file
+    save_file(build_generator(short).state_dict(), str(tmp_path / "short" / "model.safetensors"))
+    assert main(["shapes-gan", "--tiny", "--steps", "1", "--anchor", "1",
+                 "--init-from", str(tmp_path / "short"), "--out", str(tmp_path / "s")]) == 2
+    assert "at least 23 dimensions" in capsys.readouterr().err
+
+
+def test_anchor_alone_trains_without_a_discriminator(tmp_path):
+    out = tmp_path / "gan"
+    assert main(["shapes-gan", "--tiny", "--steps", "2", "--batch-size", "4", "--anchor", "1",
+                 "--adversarial", "0", "--out", str(out)]) == 0
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["adversarial"] == 0 and log["steps"] == 2
+
+
+def test_anchor_loss_weights_object_pixels_up():
+    from studio.training import z_scenes
+    from studio.training.train_gan import OBJECT_WEIGHT, anchor_loss
+    from studio.training.train_vae import to_tensor
+
+    z = torch.randn(4, 64)
+    images = z_scenes.render(z.numpy())
+    exact = to_tensor(images)
+    assert float(anchor_loss(exact, z)) == 0.0
+    # Background everywhere: only object pixels are wrong, and they count OBJECT_WEIGHT + 1 times.
+    flat = to_tensor(np.broadcast_to(images[:, :1, :1], images.shape).copy())
+    object_share = float((images != images[:, :1, :1]).any(-1).mean())
+    plain = float((flat - exact).abs().mean())
+    weighted = float(anchor_loss(flat, z))
+    expected = plain * (1 + OBJECT_WEIGHT) / (1 + OBJECT_WEIGHT * object_share)
+    assert weighted == pytest.approx(expected, rel=1e-4)
+    assert weighted > plain
+
+
+def test_anchor_loss_pulls_the_generator_towards_the_named_scenes():
+    from studio.training import z_scenes
+    from studio.training.gan_model import DEFAULT_CONFIG
+    from studio.training.train_vae import to_tensor
+
+    torch.manual_seed(0)
+    gen = build_generator(dict(DEFAULT_CONFIG, base_channels=4))
+    opt = torch.optim.Adam(gen.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    z = torch.randn(16, 64)
+    target = to_tensor(z_scenes.render(z.numpy()))
+    losses = []
+    for _ in range(60):
+        loss = (gen(z) - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]

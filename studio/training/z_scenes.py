@@ -1,0 +1,78 @@
+"""A fixed map from a GAN latent z ~ N(0, I) to one tier-1 shapes-world scene.
+
+The anchored GAN recipe (``train_gan --anchor``) asks the generator to draw, for
+every z, the scene this map names, beside the usual adversarial loss. An
+unconditional GAN left to itself on a CPU budget draws blobs on a few favourite
+backgrounds (see models/shapes-gan/MODEL_CARD.md); tying each z to a scene
+gives every shape, colour and background its own share of the latent space from
+the first step, so no mode can be dropped.
+
+The first ``ANCHOR_DIMS`` coordinates of z name the scene, so that the scenes
+follow the world's own distribution (``world.sample_scene_spec``). The argmax of
+a block of k independent standard normals is uniform over k values: that picks
+the background, then the object's colour among the other seven. The normal CDF
+u = Phi(z_i) of one coordinate is uniform on (0, 1): k equal bins of it pick
+shape and position (thresholds on one coordinate are easier for the generator to
+learn than comparisons between several), its sign the size, and u scales
+jitter, radius and angle. A shape with k-fold symmetry looks the same at angle 0
+and 2 pi / k, so the angle is u * 2 pi / k: the drawing turns continuously with z
+over the whole range. The remaining coordinates are free.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from studio.training import world
+
+BACKGROUND = slice(0, 8)
+COLOUR = slice(8, 16)
+SHAPE, SIZE, POSITION, JITTER_X, JITTER_Y, RADIUS, ANGLE = range(16, 23)
+ANCHOR_DIMS = 23
+_SYMMETRY = {"square": 4, "triangle": 3, "star": 5}
+
+
+def _uniform(x: np.ndarray) -> np.ndarray:
+    """Standard normal CDF, elementwise: N(0, 1) samples -> U(0, 1)."""
+    return 0.5 * (1.0 + np.vectorize(math.erf, otypes=[np.float64])(x / math.sqrt(2.0)))
+
+
+def _bin(u: float, k: int) -> int:
+    return min(int(u * k), k - 1)
+
+
+def scene_specs(z: np.ndarray) -> tuple[list[str], list[tuple[world.ObjectSpec]]]:
+    """(backgrounds, objects) of the scenes that latents ``z`` (N, >= ANCHOR_DIMS) name."""
+    z = np.asarray(z, np.float64)
+    if z.ndim != 2 or z.shape[1] < ANCHOR_DIMS:
+        raise ValueError(f"z must be (N, >= {ANCHOR_DIMS}), got {z.shape}")
+    u = _uniform(z[:, SHAPE:ANCHOR_DIMS])
+    colours = world.COLOUR_NAMES
+    backgrounds: list[str] = []
+    objects: list[tuple[world.ObjectSpec]] = []
+    for row, (us, _, up, ux, uy, ur, ua) in zip(z, u, strict=True):
+        bg_index = int(np.argmax(row[BACKGROUND]))
+        colour_logits = row[COLOUR].copy()
+        colour_logits[bg_index] = -np.inf  # the object never takes the background's colour
+        shape = world.SHAPES[_bin(us, len(world.SHAPES))]
+        size = world.SIZES[int(row[SIZE] > 0)]
+        position = world.POSITIONS[_bin(up, len(world.POSITIONS))]
+        lo, hi = world.SIZE_RADII[size]
+        ox, oy = world.POSITION_OFFSETS[position]
+        jitter = world.POSITION_JITTER
+        angle = 2 * math.pi * ua / _SYMMETRY[shape] if shape in _SYMMETRY else 0.0
+        backgrounds.append(colours[bg_index])
+        objects.append((world.ObjectSpec(
+            shape=shape, colour=colours[int(np.argmax(colour_logits))], size=size,
+            position=position, cx=32.0 + ox + (2 * ux - 1) * jitter,
+            cy=32.0 + oy + (2 * uy - 1) * jitter, radius=float(lo + (hi - lo) * ur),
+            angle=float(angle),
+        ),))
+    return backgrounds, objects
+
+
+def render(z: np.ndarray) -> np.ndarray:
+    """The scenes ``z`` names, rendered: uint8 (N, 64, 64, 3)."""
+    return world.render_from_specs(*scene_specs(z))

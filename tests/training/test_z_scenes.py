@@ -1,0 +1,74 @@
+"""The fixed z -> scene map of the anchored GAN recipe follows the world's distribution."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from studio.training import world, z_scenes
+
+
+def _specs(n: int, seed: int = 0, dims: int = 64):
+    z = np.random.default_rng(seed).standard_normal((n, dims))
+    return z, *z_scenes.scene_specs(z)
+
+
+def test_every_class_gets_an_even_share_and_never_the_background_colour() -> None:
+    _, backgrounds, objects = _specs(16000)
+    obj = [o[0] for o in objects]
+    assert all(o.colour != b for o, b in zip(obj, backgrounds, strict=True))
+    classes = Counter((o.shape, o.colour) for o in obj)
+    assert len(classes) == 32
+    # 500 expected per class; a dropped or doubled class would be far outside this.
+    assert 380 < min(classes.values()) and max(classes.values()) < 620
+    for values, key in ((world.COLOUR_NAMES, backgrounds),
+                        (world.SIZES, [o.size for o in obj]),
+                        (world.POSITIONS, [o.position for o in obj])):
+        counts = Counter(key)
+        assert set(counts) == set(values)
+        share = np.array([counts[v] for v in values]) / len(obj)
+        assert np.allclose(share, 1 / len(values), atol=0.02)
+
+
+def test_continuous_attributes_stay_in_the_worlds_ranges() -> None:
+    _, _, objects = _specs(2000, seed=1)
+    for (o,) in objects:
+        lo, hi = world.SIZE_RADII[o.size]
+        assert lo <= o.radius <= hi
+        ox, oy = world.POSITION_OFFSETS[o.position]
+        assert abs(o.cx - 32 - ox) <= world.POSITION_JITTER
+        assert abs(o.cy - 32 - oy) <= world.POSITION_JITTER
+        assert 0 <= o.angle < 2 * np.pi and (o.shape != "circle" or o.angle == 0)
+        if o.shape == "square":
+            assert o.angle <= np.pi / 2
+        assert world._position_name(o.cx - 32, o.cy - 32) == o.position
+        # The anchor loss reads the background from the top-left pixel.
+        assert np.hypot(o.cx, o.cy) > o.radius + 1
+
+
+def test_the_map_reads_only_its_blocks_and_is_deterministic() -> None:
+    z, backgrounds, objects = _specs(64, seed=2)
+    free = z.copy()
+    free[:, z_scenes.ANCHOR_DIMS:] = np.random.default_rng(3).standard_normal(
+        (64, 64 - z_scenes.ANCHOR_DIMS))
+    assert z_scenes.scene_specs(free) == (backgrounds, objects)
+    # Argmax blocks and signs do not change when z is scaled (truncation).
+    bg_half, obj_half = z_scenes.scene_specs(0.5 * z)
+    assert bg_half == backgrounds
+    assert [(o.colour, o.size) for (o,) in obj_half] == [(o.colour, o.size) for (o,) in objects]
+
+
+def test_render_draws_the_named_scene() -> None:
+    z, backgrounds, objects = _specs(8, seed=4)
+    images = z_scenes.render(z)
+    assert images.shape == (8, 64, 64, 3) and images.dtype == np.uint8
+    for image, bg, (o,) in zip(images, backgrounds, objects, strict=True):
+        assert tuple(image[0, 0]) == world.COLOURS[bg]
+        assert tuple(image[int(o.cy), int(o.cx)]) == world.COLOURS[o.colour]
+
+
+def test_short_latents_are_rejected() -> None:
+    with pytest.raises(ValueError, match="z must be"):
+        z_scenes.scene_specs(np.zeros((2, z_scenes.ANCHOR_DIMS - 1)))
