@@ -266,20 +266,23 @@ def train(args: argparse.Namespace) -> None:
         for _ in range(50):
             ema(z1)
         ms = (time.perf_counter() - t0) / 50 * 1000
+    # A run on the anchor alone never used the discriminator: its settings are left out.
+    critic = {
+        "loss": args.loss, "disc_norm": args.disc_norm, "disc_channels": disc_channels,
+        **({"disc_features": str(args.disc_features)} if args.disc_features is not None else {}),
+        "lr_d": args.lr_d, "discriminator_parameters": sum(p.numel() for p in disc_params),
+    } if adversarial else {}
     info = {
         "model": "shapes-gan", "steps": step, "max_minutes": args.max_minutes, "batch_size": args.batch_size,
-        "loss": args.loss, "disc_norm": args.disc_norm,
-        "disc_channels": disc_channels, "precision": args.precision,
-        **({"disc_features": str(args.disc_features)} if args.disc_features is not None else {}),
+        "precision": args.precision,
         **({"anchor": args.anchor, "anchor_dims": z_scenes.ANCHOR_DIMS,
             "anchor_object_weight": OBJECT_WEIGHT} if args.anchor else {}),
-        "adversarial": args.adversarial,
-        "lr_g": args.lr_g, "lr_d": args.lr_d, "ema": args.ema, "wall_seconds": round(wall, 1),
+        "adversarial": args.adversarial, **critic,
+        "lr_g": args.lr_g, "ema": args.ema, "wall_seconds": round(wall, 1),
         "device": args.device,
         **({"init_from": str(init_from), "init_steps": _finished_steps(init_from)}
            if init_from is not None else {}),
         "generator_parameters": sum(p.numel() for p in ema.parameters()),
-        "discriminator_parameters": sum(p.numel() for p in disc_params),
         "cpu_ms_per_sample": round(ms, 2),
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }

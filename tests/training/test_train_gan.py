@@ -236,6 +236,7 @@ def test_anchor_alone_trains_without_a_discriminator(tmp_path):
                  "--adversarial", "0", "--out", str(out)]) == 0
     log = json.loads((out / "training_log.json").read_text())
     assert log["adversarial"] == 0 and log["steps"] == 2
+    assert "disc_channels" not in log and "discriminator_parameters" not in log
 
 
 def test_anchor_loss_weights_object_pixels_up():
