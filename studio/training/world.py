@@ -393,7 +393,8 @@ def _yx() -> tuple[np.ndarray, np.ndarray]:
 
 
 _Y, _X = _yx()
-_SIDES = {"square": 4, "triangle": 3, "star": 5}
+# Sides (points, for the star) of each polygon: also its order of rotational symmetry.
+SIDES = {"square": 4, "triangle": 3, "star": 5}
 
 
 def signed_distance(
@@ -414,7 +415,7 @@ def signed_distance(
     rho = np.sqrt(dx * dx + dy * dy)
     if shape == "circle":
         return rho - r
-    n = _SIDES[shape]
+    n = SIDES[shape]
     wedge = 2 * np.pi / n
     # angle measured from the first vertex; the image y axis points down
     phi = np.mod(np.arctan2(dy, dx) - a, wedge)

@@ -31,7 +31,6 @@ BACKGROUND = slice(0, 8)
 COLOUR = slice(8, 16)
 SHAPE, SIZE, POSITION, JITTER_X, JITTER_Y, RADIUS, ANGLE = range(16, 23)
 ANCHOR_DIMS = 23
-_SYMMETRY = {"square": 4, "triangle": 3, "star": 5}
 
 
 def _uniform(x: np.ndarray) -> np.ndarray:
@@ -50,6 +49,7 @@ def scene_specs(z: np.ndarray) -> tuple[list[str], list[tuple[world.ObjectSpec]]
         raise ValueError(f"z must be (N, >= {ANCHOR_DIMS}), got {z.shape}")
     u = _uniform(z[:, SHAPE:ANCHOR_DIMS])
     colours = world.COLOUR_NAMES
+    jitter = world.POSITION_JITTER
     backgrounds: list[str] = []
     objects: list[tuple[world.ObjectSpec]] = []
     for row, (us, _, up, ux, uy, ur, ua) in zip(z, u, strict=True):
@@ -61,8 +61,7 @@ def scene_specs(z: np.ndarray) -> tuple[list[str], list[tuple[world.ObjectSpec]]
         position = world.POSITIONS[_bin(up, len(world.POSITIONS))]
         lo, hi = world.SIZE_RADII[size]
         ox, oy = world.POSITION_OFFSETS[position]
-        jitter = world.POSITION_JITTER
-        angle = 2 * math.pi * ua / _SYMMETRY[shape] if shape in _SYMMETRY else 0.0
+        angle = 2 * math.pi * ua / world.SIDES[shape] if shape in world.SIDES else 0.0
         backgrounds.append(colours[bg_index])
         objects.append((world.ObjectSpec(
             shape=shape, colour=colours[int(np.argmax(colour_logits))], size=size,
