@@ -141,11 +141,11 @@ def generator_loss(fake_logits, loss: str):
     return -fake_logits.mean() if loss == "hinge" else F.softplus(-fake_logits).mean()
 
 
-def anchor_loss(fake, z):
+def anchor_loss(fake, z, rotate: bool = True):
     """L1 distance from ``fake`` to the scenes ``z_scenes`` names for ``z``, objects weighted up."""
     import torch
 
-    images = z_scenes.render(z.cpu().numpy())
+    images = z_scenes.render(z.cpu().numpy(), rotate)
     # Every scene's top-left pixel is background (no object reaches a corner).
     mask = (images != images[:, :1, :1, :]).any(-1)
     weight = 1.0 + OBJECT_WEIGHT * torch.from_numpy(mask).to(fake.device, fake.dtype)[:, None]
@@ -238,7 +238,7 @@ def train(args: argparse.Namespace) -> None:
                 g_loss = args.adversarial * generator_loss(disc(fake), args.loss)
             extra["d"] = d_loss.item()
         if args.anchor:
-            l1 = anchor_loss(fake.float(), z)
+            l1 = anchor_loss(fake.float(), z, not args.anchor_upright)
             extra["l1"] = l1.item()
             g_loss = g_loss + args.anchor * l1
         opt_g.zero_grad(set_to_none=True)
@@ -276,7 +276,8 @@ def train(args: argparse.Namespace) -> None:
         "model": "shapes-gan", "steps": step, "max_minutes": args.max_minutes, "batch_size": args.batch_size,
         "precision": args.precision,
         **({"anchor": args.anchor, "anchor_dims": z_scenes.ANCHOR_DIMS,
-            "anchor_object_weight": OBJECT_WEIGHT} if args.anchor else {}),
+            "anchor_object_weight": OBJECT_WEIGHT, "anchor_upright": args.anchor_upright}
+           if args.anchor else {}),
         "adversarial": args.adversarial, **critic,
         "lr_g": args.lr_g, "ema": args.ema, "wall_seconds": round(wall, 1),
         "device": args.device,
@@ -322,6 +323,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor", type=float, default=0.0, metavar="WEIGHT",
                         help="L1 weight tying every z to the scene studio.training.z_scenes "
                              "names for it (0: a plain GAN; e.g. 100)")
+    parser.add_argument("--anchor-upright", action="store_true",
+                        help="the anchor draws every shape upright instead of turning it with z")
     parser.add_argument("--adversarial", type=float, default=1.0, metavar="WEIGHT",
                         help="weight of the generator's adversarial loss; 0 (with --anchor) "
                              "trains the generator on the anchor alone, without a discriminator")

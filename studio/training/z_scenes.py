@@ -8,15 +8,18 @@ gives every shape, colour and background its own share of the latent space from
 the first step, so no mode can be dropped.
 
 The first ``ANCHOR_DIMS`` coordinates of z name the scene, so that the scenes
-follow the world's own distribution (``world.sample_scene_spec``). The argmax of
-a block of k independent standard normals is uniform over k values: that picks
-the background, then the object's colour among the other seven. The normal CDF
-u = Phi(z_i) of one coordinate is uniform on (0, 1): k equal bins of it pick
-shape and position (thresholds on one coordinate are easier for the generator to
-learn than comparisons between several), its sign the size, and u scales
-jitter, radius and angle. A shape with k-fold symmetry looks the same at angle 0
-and 2 pi / k, so the angle is u * 2 pi / k: the drawing turns continuously with z
-over the whole range. The remaining coordinates are free.
+follow the world's own distribution (``world.sample_scene_spec``). The generator's
+first layer is linear in z, so each attribute is read from z the way a few ReLU
+units can: the argmax of a block of k independent standard normals is uniform
+over k values, and picks the background, then the object's colour among the
+other seven; the signs of two coordinates pick the shape and one sign the size.
+The position takes a sign (the horizontal or the vertical axis) and a coordinate
+whose normal CDF u = Phi(z_i) is cut at 0.4 and 0.6 (negative side, centre,
+positive side): the offset along the axis then grows with that coordinate, and
+every position gets a fifth. u also scales jitter, radius and angle. A shape with
+k-fold symmetry looks the same at angle 0 and 2 pi / k, so the angle is
+u * 2 pi / k: the drawing turns continuously with z over the whole range. The
+remaining coordinates are free.
 """
 
 from __future__ import annotations
@@ -29,8 +32,13 @@ from studio.training import world
 
 BACKGROUND = slice(0, 8)
 COLOUR = slice(8, 16)
-SHAPE, SIZE, POSITION, JITTER_X, JITTER_Y, RADIUS, ANGLE = range(16, 23)
-ANCHOR_DIMS = 23
+SHAPE = slice(16, 18)
+SIZE, AXIS, ALONG, JITTER_X, JITTER_Y, RADIUS, ANGLE = range(18, 25)
+ANCHOR_DIMS = 25
+# Quantiles of Phi(z[ALONG]) below which the object sits on the axis's negative side
+# (left, top) and above which on its positive side (right, bottom); between, the
+# centre. 0.4 / 0.2 / 0.4 on each of the two axes gives every position a fifth.
+ALONG_EDGES = (0.4, 0.6)
 
 
 def _uniform(x: np.ndarray) -> np.ndarray:
@@ -38,30 +46,35 @@ def _uniform(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.vectorize(math.erf, otypes=[np.float64])(x / math.sqrt(2.0)))
 
 
-def _bin(u: float, k: int) -> int:
-    return min(int(u * k), k - 1)
+def scene_specs(
+    z: np.ndarray, rotate: bool = True
+) -> tuple[list[str], list[tuple[world.ObjectSpec]]]:
+    """(backgrounds, objects) of the scenes that latents ``z`` (N, >= ANCHOR_DIMS) name.
 
-
-def scene_specs(z: np.ndarray) -> tuple[list[str], list[tuple[world.ObjectSpec]]]:
-    """(backgrounds, objects) of the scenes that latents ``z`` (N, >= ANCHOR_DIMS) name."""
+    ``rotate=False`` draws every shape upright (angle 0, one of the world's own
+    angles): the generator then need not learn to turn a polygon with z.
+    """
     z = np.asarray(z, np.float64)
     if z.ndim != 2 or z.shape[1] < ANCHOR_DIMS:
         raise ValueError(f"z must be (N, >= {ANCHOR_DIMS}), got {z.shape}")
-    u = _uniform(z[:, SHAPE:ANCHOR_DIMS])
+    u = _uniform(z[:, ALONG:ANCHOR_DIMS])
     colours = world.COLOUR_NAMES
     jitter = world.POSITION_JITTER
     backgrounds: list[str] = []
     objects: list[tuple[world.ObjectSpec]] = []
-    for row, (us, _, up, ux, uy, ur, ua) in zip(z, u, strict=True):
+    for row, (ul, ux, uy, ur, ua) in zip(z, u, strict=True):
         bg_index = int(np.argmax(row[BACKGROUND]))
         colour_logits = row[COLOUR].copy()
         colour_logits[bg_index] = -np.inf  # the object never takes the background's colour
-        shape = world.SHAPES[_bin(us, len(world.SHAPES))]
+        shape_bits = row[SHAPE] > 0
+        shape = world.SHAPES[2 * int(shape_bits[0]) + int(shape_bits[1])]
         size = world.SIZES[int(row[SIZE] > 0)]
-        position = world.POSITIONS[_bin(up, len(world.POSITIONS))]
+        side = int(ul >= ALONG_EDGES[0]) + int(ul >= ALONG_EDGES[1])  # 0, 1, 2
+        position = (("left", "center", "right") if row[AXIS] <= 0
+                    else ("top", "center", "bottom"))[side]
         lo, hi = world.SIZE_RADII[size]
         ox, oy = world.POSITION_OFFSETS[position]
-        angle = 2 * math.pi * ua / world.SIDES[shape] if shape in world.SIDES else 0.0
+        angle = 2 * math.pi * ua / world.SIDES[shape] if rotate and shape in world.SIDES else 0.0
         backgrounds.append(colours[bg_index])
         objects.append((world.ObjectSpec(
             shape=shape, colour=colours[int(np.argmax(colour_logits))], size=size,
@@ -72,6 +85,6 @@ def scene_specs(z: np.ndarray) -> tuple[list[str], list[tuple[world.ObjectSpec]]
     return backgrounds, objects
 
 
-def render(z: np.ndarray) -> np.ndarray:
+def render(z: np.ndarray, rotate: bool = True) -> np.ndarray:
     """The scenes ``z`` names, rendered: uint8 (N, 64, 64, 3)."""
-    return world.render_from_specs(*scene_specs(z))
+    return world.render_from_specs(*scene_specs(z, rotate))

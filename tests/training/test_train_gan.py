@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from studio.training import z_scenes  # noqa: E402
 from studio.training.__main__ import main  # noqa: E402
 from studio.training.gan_model import build_discriminator, build_generator  # noqa: E402
 
@@ -212,7 +213,7 @@ def test_anchored_run_logs_its_l1_term_and_rejects_bad_settings(tmp_path, capsys
     assert main(["shapes-gan", "--tiny", "--steps", "2", "--batch-size", "4",
                  "--anchor", "100", "--out", str(out)]) == 0
     log = json.loads((out / "training_log.json").read_text())
-    assert log["anchor"] == 100 and log["anchor_dims"] == 23
+    assert log["anchor"] == 100 and log["anchor_dims"] == z_scenes.ANCHOR_DIMS
     assert main(["shapes-gan", "--tiny", "--steps", "1", "--anchor", "-1",
                  "--out", str(tmp_path / "neg")]) == 2
     assert "--anchor" in capsys.readouterr().err
@@ -227,7 +228,7 @@ def test_anchored_run_logs_its_l1_term_and_rejects_bad_settings(tmp_path, capsys
     save_file(build_generator(short).state_dict(), str(tmp_path / "short" / "model.safetensors"))
     assert main(["shapes-gan", "--tiny", "--steps", "1", "--anchor", "1",
                  "--init-from", str(tmp_path / "short"), "--out", str(tmp_path / "s")]) == 2
-    assert "at least 23 dimensions" in capsys.readouterr().err
+    assert f"at least {z_scenes.ANCHOR_DIMS} dimensions" in capsys.readouterr().err
 
 
 def test_anchor_alone_trains_without_a_discriminator(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import numpy as np
@@ -72,3 +73,12 @@ def test_render_draws_the_named_scene() -> None:
 def test_short_latents_are_rejected() -> None:
     with pytest.raises(ValueError, match="z must be"):
         z_scenes.scene_specs(np.zeros((2, z_scenes.ANCHOR_DIMS - 1)))
+
+
+def test_upright_scenes_differ_only_in_angle() -> None:
+    z, backgrounds, objects = _specs(200, seed=5)
+    bg_up, obj_up = z_scenes.scene_specs(z, rotate=False)
+    assert bg_up == backgrounds
+    assert all(o.angle == 0 for (o,) in obj_up)
+    assert [dataclasses.replace(o, angle=0.0) for (o,) in objects] == [o for (o,) in obj_up]
+    assert any(o.angle != 0 for (o,) in objects)
