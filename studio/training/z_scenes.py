@@ -24,6 +24,7 @@ remaining coordinates are free.
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import numpy as np
@@ -39,6 +40,8 @@ ANCHOR_DIMS = 25
 # (left, top) and above which on its positive side (right, bottom); between, the
 # centre. 0.4 / 0.2 / 0.4 on each of the two axes gives every position a fifth.
 ALONG_EDGES = (0.4, 0.6)
+# The positions along each axis in order of offset: z[AXIS] <= 0 picks the first row.
+AXIS_POSITIONS = (("left", "center", "right"), ("top", "center", "bottom"))
 
 
 def _uniform(x: np.ndarray) -> np.ndarray:
@@ -69,9 +72,7 @@ def scene_specs(
         shape_bits = row[SHAPE] > 0
         shape = world.SHAPES[2 * int(shape_bits[0]) + int(shape_bits[1])]
         size = world.SIZES[int(row[SIZE] > 0)]
-        side = int(ul >= ALONG_EDGES[0]) + int(ul >= ALONG_EDGES[1])  # 0, 1, 2
-        position = (("left", "center", "right") if row[AXIS] <= 0
-                    else ("top", "center", "bottom"))[side]
+        position = AXIS_POSITIONS[int(row[AXIS] > 0)][bisect.bisect_right(ALONG_EDGES, ul)]
         lo, hi = world.SIZE_RADII[size]
         ox, oy = world.POSITION_OFFSETS[position]
         angle = 2 * math.pi * ua / world.SIDES[shape] if rotate and shape in world.SIDES else 0.0
