@@ -67,6 +67,9 @@ WARM_START_GENERATOR_WARMUP = 2000
 # Objects cover 2-30% of a scene: unweighted, the anchor's L1 is mostly the
 # background's, which the generator learns first, and objects stay blurred for long.
 OBJECT_WEIGHT = 4.0
+# Pixels either side of an object's outline that --anchor-outline weights up: a disc
+# and a triangle or star of the same area differ within about this distance of it.
+OUTLINE_BAND = 3
 # Seeds (seed, step) draw the training batches; this stream lies beyond any step.
 FEATURE_SCALE_STREAM = 2**40
 
@@ -141,14 +144,24 @@ def generator_loss(fake_logits, loss: str):
     return -fake_logits.mean() if loss == "hinge" else F.softplus(-fake_logits).mean()
 
 
-def anchor_loss(fake, z, rotate: bool = True):
-    """L1 distance from ``fake`` to the scenes ``z_scenes`` names for ``z``, objects weighted up."""
-    import torch
+def anchor_loss(fake, z, angles: int = 0, outline: float = 0.0):
+    """L1 distance from ``fake`` to the scenes ``z_scenes`` names for ``z``, objects weighted up.
 
-    images = z_scenes.render(z.cpu().numpy(), rotate)
+    ``outline`` weights up, beside, the band of OUTLINE_BAND pixels either side of each
+    object's outline, where a disc and a polygon of the same area differ.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    images = z_scenes.render(z.cpu().numpy(), angles)
     # Every scene's top-left pixel is background (no object reaches a corner).
-    mask = (images != images[:, :1, :1, :]).any(-1)
-    weight = 1.0 + OBJECT_WEIGHT * torch.from_numpy(mask).to(fake.device, fake.dtype)[:, None]
+    mask = torch.from_numpy((images != images[:, :1, :1, :]).any(-1)).to(fake.device, fake.dtype)[:, None]
+    weight = 1.0 + OBJECT_WEIGHT * mask
+    if outline:
+        size = 2 * OUTLINE_BAND + 1
+        grown = F.max_pool2d(mask, size, stride=1, padding=OUTLINE_BAND)
+        shrunk = -F.max_pool2d(-mask, size, stride=1, padding=OUTLINE_BAND)
+        weight = weight + outline * (grown - shrunk)
     error = (fake - to_tensor(images).to(fake.device)).abs() * weight
     return error.mean() / weight.mean()
 
@@ -192,6 +205,10 @@ def train(args: argparse.Namespace) -> None:
     if args.adversarial < 0 or (args.adversarial == 0 and not args.anchor):
         raise TrainError("--adversarial must be positive, or zero together with --anchor")
     adversarial = args.adversarial > 0
+    if args.anchor_outline < 0:
+        raise TrainError(f"--anchor-outline must be zero or positive, got {args.anchor_outline}")
+    if args.anchor_angles < 0:
+        raise TrainError(f"--anchor-angles must be zero or positive, got {args.anchor_angles}")
     if args.anchor and z_dim < z_scenes.ANCHOR_DIMS:
         raise TrainError(f"--anchor needs z of at least {z_scenes.ANCHOR_DIMS} dimensions; "
                          f"this generator's is {z_dim}")
@@ -238,7 +255,7 @@ def train(args: argparse.Namespace) -> None:
                 g_loss = args.adversarial * generator_loss(disc(fake), args.loss)
             extra["d"] = d_loss.item()
         if args.anchor:
-            l1 = anchor_loss(fake.float(), z, not args.anchor_upright)
+            l1 = anchor_loss(fake.float(), z, args.anchor_angles, args.anchor_outline)
             extra["l1"] = l1.item()
             g_loss = g_loss + args.anchor * l1
         opt_g.zero_grad(set_to_none=True)
@@ -276,7 +293,9 @@ def train(args: argparse.Namespace) -> None:
         "model": "shapes-gan", "steps": step, "max_minutes": args.max_minutes, "batch_size": args.batch_size,
         "precision": args.precision,
         **({"anchor": args.anchor, "anchor_dims": z_scenes.ANCHOR_DIMS,
-            "anchor_object_weight": OBJECT_WEIGHT, "anchor_upright": args.anchor_upright}
+            "anchor_object_weight": OBJECT_WEIGHT, "anchor_angles": args.anchor_angles,
+            **({"anchor_outline": args.anchor_outline, "anchor_outline_band": OUTLINE_BAND}
+               if args.anchor_outline else {})}
            if args.anchor else {}),
         "adversarial": args.adversarial, **critic,
         "lr_g": args.lr_g, "ema": args.ema, "wall_seconds": round(wall, 1),
@@ -323,8 +342,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor", type=float, default=0.0, metavar="WEIGHT",
                         help="L1 weight tying every z to the scene studio.training.z_scenes "
                              "names for it (0: a plain GAN; e.g. 100)")
-    parser.add_argument("--anchor-upright", action="store_true",
-                        help="the anchor draws every shape upright instead of turning it with z")
+    parser.add_argument("--anchor-angles", type=int, default=0, metavar="K",
+                        help="the anchor turns each shape to one of K fixed angles "
+                             "(1: upright) instead of continuously with z (0, the default)")
+    parser.add_argument("--anchor-outline", type=float, default=0.0, metavar="WEIGHT",
+                        help="extra anchor weight on the pixels near each object's outline, "
+                             "where corners and points are drawn (e.g. 8)")
     parser.add_argument("--adversarial", type=float, default=1.0, metavar="WEIGHT",
                         help="weight of the generator's adversarial loss; 0 (with --anchor) "
                              "trains the generator on the anchor alone, without a discriminator")

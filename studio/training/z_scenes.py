@@ -18,7 +18,11 @@ whose normal CDF u = Phi(z_i) is cut at 0.4 and 0.6 (negative side, centre,
 positive side): the offset along the axis then grows with that coordinate, and
 every position gets a fifth. u also scales jitter, radius and angle. A shape with
 k-fold symmetry looks the same at angle 0 and 2 pi / k, so the angle is
-u * 2 pi / k: the drawing turns continuously with z over the whole range. The
+u * 2 pi / k: the drawing turns continuously with z over the whole range. With
+``angles=K`` the angle takes only K evenly spaced values of that period (u cut
+into K equal shares; K = 1 draws every shape upright): a generator that cannot
+yet read the angle from z precisely blurs a turning outline into a disc, while
+each of a few fixed outlines it can learn like any other attribute. The
 remaining coordinates are free.
 """
 
@@ -50,16 +54,19 @@ def _uniform(x: np.ndarray) -> np.ndarray:
 
 
 def scene_specs(
-    z: np.ndarray, rotate: bool = True
+    z: np.ndarray, angles: int = 0
 ) -> tuple[list[str], list[tuple[world.ObjectSpec]]]:
     """(backgrounds, objects) of the scenes that latents ``z`` (N, >= ANCHOR_DIMS) name.
 
-    ``rotate=False`` draws every shape upright (angle 0, one of the world's own
-    angles): the generator then need not learn to turn a polygon with z.
+    ``angles`` 0 turns the shapes continuously with z; K > 0 allows only K angles
+    per symmetry period, and 1 draws every shape upright (angle 0, one of the
+    world's own angles).
     """
     z = np.asarray(z, np.float64)
     if z.ndim != 2 or z.shape[1] < ANCHOR_DIMS:
         raise ValueError(f"z must be (N, >= {ANCHOR_DIMS}), got {z.shape}")
+    if angles < 0:
+        raise ValueError(f"angles must be 0 (continuous) or positive, got {angles}")
     u = _uniform(z[:, ALONG:ANCHOR_DIMS])
     colours = world.COLOUR_NAMES
     jitter = world.POSITION_JITTER
@@ -75,7 +82,8 @@ def scene_specs(
         position = AXIS_POSITIONS[int(row[AXIS] > 0)][bisect.bisect_right(ALONG_EDGES, ul)]
         lo, hi = world.SIZE_RADII[size]
         ox, oy = world.POSITION_OFFSETS[position]
-        angle = 2 * math.pi * ua / world.SIDES[shape] if rotate and shape in world.SIDES else 0.0
+        turn = min(math.floor(ua * angles), angles - 1) / angles if angles else ua
+        angle = 2 * math.pi * turn / world.SIDES[shape] if shape in world.SIDES else 0.0
         backgrounds.append(colours[bg_index])
         objects.append((world.ObjectSpec(
             shape=shape, colour=colours[int(np.argmax(colour_logits))], size=size,
@@ -86,6 +94,6 @@ def scene_specs(
     return backgrounds, objects
 
 
-def render(z: np.ndarray, rotate: bool = True) -> np.ndarray:
+def render(z: np.ndarray, angles: int = 0) -> np.ndarray:
     """The scenes ``z`` names, rendered: uint8 (N, 64, 64, 3)."""
-    return world.render_from_specs(*scene_specs(z, rotate))
+    return world.render_from_specs(*scene_specs(z, angles))

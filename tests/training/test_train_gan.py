@@ -210,13 +210,15 @@ def test_disc_features_runs_and_rejects_a_wrong_folder(tmp_path, capsys):
 
 def test_anchored_run_logs_its_l1_term_and_rejects_bad_settings(tmp_path, capsys):
     out = tmp_path / "gan"
-    assert main(["shapes-gan", "--tiny", "--steps", "2", "--batch-size", "4",
-                 "--anchor", "100", "--out", str(out)]) == 0
+    assert main(["shapes-gan", "--tiny", "--steps", "2", "--batch-size", "4", "--anchor", "100",
+                 "--anchor-angles", "1", "--anchor-outline", "8", "--out", str(out)]) == 0
     log = json.loads((out / "training_log.json").read_text())
     assert log["anchor"] == 100 and log["anchor_dims"] == z_scenes.ANCHOR_DIMS
-    assert main(["shapes-gan", "--tiny", "--steps", "1", "--anchor", "-1",
-                 "--out", str(tmp_path / "neg")]) == 2
-    assert "--anchor" in capsys.readouterr().err
+    assert log["anchor_angles"] == 1 and log["anchor_outline"] == 8
+    for option in ("--anchor", "--anchor-angles", "--anchor-outline"):
+        assert main(["shapes-gan", "--tiny", "--steps", "1", "--anchor", "1", option, "-1",
+                     "--out", str(tmp_path / "neg")]) == 2
+        assert option in capsys.readouterr().err
     # Without the adversarial loss, the anchor is all there is to learn from.
     assert main(["shapes-gan", "--tiny", "--steps", "1", "--adversarial", "0",
                  "--out", str(tmp_path / "nothing")]) == 2
@@ -257,6 +259,36 @@ def test_anchor_loss_weights_object_pixels_up():
     expected = plain * (1 + OBJECT_WEIGHT) / (1 + OBJECT_WEIGHT * object_share)
     assert weighted == pytest.approx(expected, rel=1e-4)
     assert weighted > plain
+
+
+def test_anchor_outline_weights_the_pixels_near_the_outline_up():
+    from studio.training import world, z_scenes
+    from studio.training.train_gan import OBJECT_WEIGHT, OUTLINE_BAND, anchor_loss
+    from studio.training.train_vae import to_tensor
+
+    z = torch.randn(1, 64, generator=torch.Generator().manual_seed(3))
+    z[0, z_scenes.SIZE] = 2.0  # a large object, with pixels far from its outline
+    image = z_scenes.render(z.numpy())
+    target = to_tensor(image)
+    mask = torch.from_numpy((image != image[:, :1, :1]).any(-1)).float()[:, None]
+    pool = torch.nn.functional.max_pool2d
+    size = 2 * OUTLINE_BAND + 1
+    band = pool(mask, size, stride=1, padding=OUTLINE_BAND) + pool(-mask, size, stride=1, padding=OUTLINE_BAND)
+    # Two pixels of the object's own colour (not anti-aliased): one near the outline, one far from it.
+    (obj,), = z_scenes.scene_specs(z.numpy())[1]
+    solid = torch.from_numpy((image[0] == world.COLOURS[obj.colour]).all(-1))
+    edge = tuple(int(i) for i in (solid & (band[0, 0] > 0)).nonzero()[0])
+    interior = tuple(int(i) for i in (solid & (band[0, 0] == 0)).nonzero()[0])
+    wrong = {}
+    for name, (y, x) in (("interior", interior), ("edge", edge)):
+        fake = target.clone()
+        fake[0, :, y, x] = target[0, :, 0, 0]  # the background's colour
+        wrong[name] = fake
+    for outline in (0.0, 8.0):
+        assert float(anchor_loss(target, z, outline=outline)) == 0.0
+    assert float(anchor_loss(wrong["edge"], z)) == pytest.approx(float(anchor_loss(wrong["interior"], z)))
+    ratio = float(anchor_loss(wrong["edge"], z, outline=8.0)) / float(anchor_loss(wrong["interior"], z, outline=8.0))
+    assert ratio == pytest.approx((1 + OBJECT_WEIGHT + 8.0) / (1 + OBJECT_WEIGHT), rel=1e-4)
 
 
 def test_anchor_loss_pulls_the_generator_towards_the_named_scenes():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 
 import numpy as np
@@ -77,8 +78,27 @@ def test_short_latents_are_rejected() -> None:
 
 def test_upright_scenes_differ_only_in_angle() -> None:
     z, backgrounds, objects = _specs(200, seed=5)
-    bg_up, obj_up = z_scenes.scene_specs(z, rotate=False)
+    bg_up, obj_up = z_scenes.scene_specs(z, angles=1)
     assert bg_up == backgrounds
     assert all(o.angle == 0 for (o,) in obj_up)
     assert [dataclasses.replace(o, angle=0.0) for (o,) in objects] == [o for (o,) in obj_up]
     assert any(o.angle != 0 for (o,) in objects)
+
+
+def test_fixed_angles_are_evenly_spaced_over_each_period() -> None:
+    z, _, objects = _specs(2000, seed=6)
+    _, fixed = z_scenes.scene_specs(z, angles=4)
+    for shape, sides in world.SIDES.items():
+        turns = [o.angle * sides / (2 * math.pi) for (o,) in fixed if o.shape == shape]
+        assert sorted({round(t, 6) for t in turns}) == [0.0, 0.25, 0.5, 0.75]
+    # Each fixed angle is the continuous one rounded down to its quarter of the period.
+    for (o,), (f,) in zip(objects, fixed, strict=True):
+        if o.shape in world.SIDES:
+            period = 2 * math.pi / world.SIDES[o.shape]
+            assert f.angle == pytest.approx(period * math.floor(4 * o.angle / period) / 4)
+            assert dataclasses.replace(f, angle=o.angle) == o
+
+
+def test_negative_angle_count_is_rejected() -> None:
+    with pytest.raises(ValueError, match="angles"):
+        z_scenes.scene_specs(np.zeros((1, z_scenes.ANCHOR_DIMS)), angles=-1)
