@@ -144,6 +144,16 @@ def generator_loss(fake_logits, loss: str):
     return -fake_logits.mean() if loss == "hinge" else F.softplus(-fake_logits).mean()
 
 
+def outline_band(mask):
+    """1 where an object mask (N, 1, H, W) changes within OUTLINE_BAND pixels, else 0."""
+    import torch.nn.functional as F
+
+    size = 2 * OUTLINE_BAND + 1
+    grown = F.max_pool2d(mask, size, stride=1, padding=OUTLINE_BAND)
+    shrunk = -F.max_pool2d(-mask, size, stride=1, padding=OUTLINE_BAND)
+    return grown - shrunk
+
+
 def anchor_loss(fake, z, angles: int = 0, outline: float = 0.0):
     """L1 distance from ``fake`` to the scenes ``z_scenes`` names for ``z``, objects weighted up.
 
@@ -151,17 +161,13 @@ def anchor_loss(fake, z, angles: int = 0, outline: float = 0.0):
     object's outline, where a disc and a polygon of the same area differ.
     """
     import torch
-    import torch.nn.functional as F
 
     images = z_scenes.render(z.cpu().numpy(), angles)
     # Every scene's top-left pixel is background (no object reaches a corner).
     mask = torch.from_numpy((images != images[:, :1, :1, :]).any(-1)).to(fake.device, fake.dtype)[:, None]
     weight = 1.0 + OBJECT_WEIGHT * mask
     if outline:
-        size = 2 * OUTLINE_BAND + 1
-        grown = F.max_pool2d(mask, size, stride=1, padding=OUTLINE_BAND)
-        shrunk = -F.max_pool2d(-mask, size, stride=1, padding=OUTLINE_BAND)
-        weight = weight + outline * (grown - shrunk)
+        weight = weight + outline * outline_band(mask)
     error = (fake - to_tensor(images).to(fake.device)).abs() * weight
     return error.mean() / weight.mean()
 

@@ -263,7 +263,7 @@ def test_anchor_loss_weights_object_pixels_up():
 
 def test_anchor_outline_weights_the_pixels_near_the_outline_up():
     from studio.training import world, z_scenes
-    from studio.training.train_gan import OBJECT_WEIGHT, OUTLINE_BAND, anchor_loss
+    from studio.training.train_gan import OBJECT_WEIGHT, anchor_loss, outline_band
     from studio.training.train_vae import to_tensor
 
     z = torch.randn(1, 64, generator=torch.Generator().manual_seed(3))
@@ -271,9 +271,7 @@ def test_anchor_outline_weights_the_pixels_near_the_outline_up():
     image = z_scenes.render(z.numpy())
     target = to_tensor(image)
     mask = torch.from_numpy((image != image[:, :1, :1]).any(-1)).float()[:, None]
-    pool = torch.nn.functional.max_pool2d
-    size = 2 * OUTLINE_BAND + 1
-    band = pool(mask, size, stride=1, padding=OUTLINE_BAND) + pool(-mask, size, stride=1, padding=OUTLINE_BAND)
+    band = outline_band(mask)
     # Two pixels of the object's own colour (not anti-aliased): one near the outline, one far from it.
     (obj,), = z_scenes.scene_specs(z.numpy())[1]
     solid = torch.from_numpy((image[0] == world.COLOURS[obj.colour]).all(-1))
