@@ -101,6 +101,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of captions replaced by a bare attribute list such as "
                              "'red, blue', the form negative prompts take "
                              f"(default {ATTRIBUTE_LIST_SHARE})")
+    parser.add_argument("--layers-per-block", type=int, default=None,
+                        help="resnet (and attention) layers in each UNet block (default 1); with "
+                             "--init-from, a shallower UNet grows to this depth, its new layers "
+                             "starting as identities")
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -155,7 +159,8 @@ def build_tokenizer(folder: Path) -> Any:
 # --------------------------------------------------------------------------- models
 
 
-def build_models(preset: str, tokenizer: Any) -> tuple[Any, Any, Any, Any]:
+def build_models(preset: str, tokenizer: Any,
+                 layers_per_block: int = 1) -> tuple[Any, Any, Any, Any]:
     """Fresh ``(vae, unet, text_encoder, noise_scheduler)`` for ``preset``."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -198,7 +203,7 @@ def build_models(preset: str, tokenizer: Any) -> tuple[Any, Any, Any, Any]:
         down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         block_out_channels=uc,
-        layers_per_block=1,
+        layers_per_block=layers_per_block,
         cross_attention_dim=p["text_hidden"],
         attention_head_dim=4,
         norm_num_groups=min(8, uc[0]),
@@ -589,6 +594,9 @@ def train(args: argparse.Namespace) -> None:
     list_share = float(getattr(args, "list_captions", ATTRIBUTE_LIST_SHARE))
     if not 0.0 <= list_share <= 1.0:
         raise TrainError(f"--list-captions must be in [0, 1], got {list_share}")
+    layers = getattr(args, "layers_per_block", None)
+    if layers is not None and int(layers) <= 0:
+        raise TrainError(f"--layers-per-block must be a positive integer, got {layers}")
     cache_size = getattr(args, "cache_size", None) or int(min(50000, max(64, steps * batch // 4)))
     torch.manual_seed(seed)
 
@@ -611,7 +619,10 @@ def train(args: argparse.Namespace) -> None:
                 shutil.copyfile(vocab_dir / name, out / "tokenizer" / name)
     else:
         tokenizer = build_tokenizer(out / "tokenizer")
-    vae, unet, text_encoder, noise_scheduler = build_models(preset, tokenizer)
+    if saved is not None:
+        # the checkpoint holds a UNet of the depth its run grew or built
+        layers = saved.get("extra", {}).get("layers_per_block", layers)
+    vae, unet, text_encoder, noise_scheduler = build_models(preset, tokenizer, int(layers or 1))
     phase, start = "vae", 0
     state_init: dict[str, Any] = {}
     if init_from is not None and saved is None:
@@ -620,6 +631,13 @@ def train(args: argparse.Namespace) -> None:
 
         vae = AutoencoderKL.from_pretrained(str(init_from / "vae"))
         unet = UNet2DConditionModel.from_pretrained(str(init_from / "unet"))
+        if layers is not None and int(layers) != unet.config.layers_per_block:
+            from studio.training.unet_growth import deepen_unet
+
+            if int(layers) < unet.config.layers_per_block:
+                raise TrainError(f"--layers-per-block {layers}: the UNet in {init_from} already "
+                                 f"has {unet.config.layers_per_block}")
+            unet = deepen_unet(unet, int(layers))
         if (init_from / "text_encoder" / "config.json").is_file():
             text_encoder = CLIPTextModel.from_pretrained(str(init_from / "text_encoder"))
         state_init = {"scaling_factor": float(vae.config.scaling_factor),
@@ -637,6 +655,7 @@ def train(args: argparse.Namespace) -> None:
         "preset": preset, "steps": steps, "vae_steps": vae_steps, "batch_size": batch,
         "seed": seed, "cache_size": cache_size, "device": device,
         "threads": torch.get_num_threads(), "ema": ema, "list_captions": list_share,
+        "layers_per_block": int(unet.config.layers_per_block),
     }
     state.update(state_init)
     if saved is not None:

@@ -82,6 +82,8 @@ def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
     (["shapes-diffusion", "--batch-size", "-1"], "--batch-size must be a positive integer"),
     (["shapes-diffusion", "--ema", "1.5"], "--ema must be in [0, 1)"),
     (["shapes-diffusion", "--list-captions", "-0.1"], "--list-captions must be in [0, 1]"),
+    (["shapes-diffusion", "--layers-per-block", "0"],
+     "--layers-per-block must be a positive integer"),
 ])
 def test_bad_arguments_give_one_line_errors(argv: list[str], message: str, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
@@ -170,6 +172,44 @@ def test_init_from_keeps_the_text_encoder_the_unet_reads(tiny_pipeline: Path, tm
     for a, b in zip(before.parameters(), after.parameters(), strict=True):
         assert torch.equal(a, b)
     assert "text_steps" not in json.loads((out / "training_state.json").read_text())
+
+
+def test_init_from_grows_the_unet_and_resumes_it(tiny_pipeline: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from studio.training import train_diffusion
+    from studio.training.common import has_checkpoint
+
+    out = tmp_path / "deeper"
+    train_diffusion.CHECKPOINT_EVERY_S, every = 0.0, train_diffusion.CHECKPOINT_EVERY_S
+    original = train_diffusion.save_pipeline
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    grow = ["shapes-diffusion", "--init-from", str(tiny_pipeline), "--layers-per-block", "2",
+            "--steps", "3", "--decoder-steps", "0", "--out", str(out), *TINY]
+    try:
+        train_diffusion.save_pipeline = interrupt
+        assert main(grow) == 130
+        train_diffusion.save_pipeline = original
+        assert has_checkpoint(out)
+        # the checkpoint holds the grown UNet, which --resume must rebuild at its depth
+        assert main([*grow, "--resume"]) == 0
+    finally:
+        train_diffusion.CHECKPOINT_EVERY_S = every
+        train_diffusion.save_pipeline = original
+    state = json.loads((out / "training_state.json").read_text())
+    assert state["layers_per_block"] == 2 and state["unet_steps_done"] == 3
+    pipe = StableDiffusionPipeline.from_pretrained(str(out))
+    assert pipe.unet.config.layers_per_block == 2
+    assert len(pipe.unet.up_blocks[0].resnets) == 3
+
+    assert main(["shapes-diffusion", "--init-from", str(out), "--layers-per-block", "1",
+                 "--steps", "1", "--out", str(tmp_path / "shallower"), *TINY]) == 2
+    assert "already has 2" in capsys.readouterr().err
 
 
 def test_ema_weights_are_the_ones_saved_and_resume(tiny_pipeline: Path, tmp_path: Path) -> None:
