@@ -95,6 +95,19 @@ def score_tier1(pred: dict[str, dict[str, np.ndarray]], i: int, req: dict) -> bo
     return all(pred[k]["label"][i] == v for k, v in req.items())
 
 
+def shape_accuracy_by_shape(pred: dict[str, dict[str, np.ndarray]],
+                             prompts: list[tuple[str, str, dict]]) -> dict[str, float]:
+    """Share of one-object images read as the shape their prompt asked for, per shape.
+
+    Every tier-1 score needs the shape right, so this says which shapes hold them back.
+    """
+    asked: dict[str, list[bool]] = {s: [] for s in world.SHAPES}
+    for i, (task, _, req) in enumerate(prompts):
+        if task != "tier2":
+            asked[req["shape"]].append(pred["shape"]["label"][i] == req["shape"])
+    return {s: float(np.mean(v)) for s, v in asked.items() if v}
+
+
 def _relation_holds(first: Any, second: Any, relation: str) -> bool:
     ax, ay = world.RELATION_AXES[relation]
     dx, dy = first.cx - second.cx, first.cy - second.cy
@@ -211,6 +224,7 @@ def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps:
             for k, v in score_tier2(objs, prompts[i][2]).items():
                 scores[k].append(v)
         result["by_guidance"][str(g)] = {k: float(np.mean(v)) for k, v in scores.items() if v}
+        result.setdefault("shape_by_guidance", {})[str(g)] = shape_accuracy_by_shape(pred, prompts)
         # Attribute scores read the classifier's heads, which also name blobs; this says how
         # many one-object images are a clean scene at all.
         tier1_idx = [i for i, (t, _, _) in enumerate(prompts) if t != "tier2"]
@@ -377,6 +391,15 @@ def markdown(results: dict) -> str:
                 + "".join("– | " for _ in gs[:-1])
                 + f"{d['negative_avoidance']:.2f} (without the negative prompt: "
                 f"{d['avoidance_without_negative']:.2f}) | ≥ 0.95 |")
+        by_shape = d.get("shape_by_guidance")
+        if by_shape:
+            lines += ["", "Shape read as asked, over every one-object prompt:", "",
+                      "| shape | " + " | ".join(f"guidance {g}" for g in by_shape) + " |",
+                      "|---|" + "---|" * len(by_shape)]
+            for shape in world.SHAPES:
+                vals = [by_shape[g].get(shape) for g in by_shape]
+                lines.append(f"| {shape} | "
+                             + " | ".join("–" if v is None else f"{v:.2f}" for v in vals) + " |")
         spi = ", ".join(f"{v:.3f} s at guidance {g}" for g, v in d["seconds_per_image"].items())
         lines += ["", f"Seconds per image (batches of 16, CPU, {d['steps']} steps): {spi}.", ""]
         if "autoencoder_ceiling" in d:

@@ -105,6 +105,7 @@ def test_evaluation_runs_on_tiny_models(tmp_path: Path,
         evaluate.TIER1_TASKS + evaluate.TIER2_TASKS + ("clean_scene",))
     assert 0.0 <= d["by_guidance"]["7.5"]["clean_scene"] <= 1.0
     assert "one clean scene" in evaluate.markdown({"shapes-diffusion": d})
+    assert "| circle |" in evaluate.markdown({"shapes-diffusion": d})
     assert 0.0 <= d["negative_avoidance"] <= 1.0 and d["seconds_per_image"]["7.5"] > 0
     assert set(d["autoencoder_ceiling"]) == {"shape", "colour", "size", "position", "background"}
     assert all(0.0 <= v <= 1.0 for v in d["autoencoder_ceiling"].values())
@@ -129,6 +130,18 @@ def test_evaluation_runs_on_tiny_models(tmp_path: Path,
     table = evaluate.markdown({"shapes-diffusion": d, "shapes-vae": v, "shapes-gan": g,
                                "classifier": quick_classifier.heldout_accuracy})
     assert "| single object |" in table and "PSNR" in table and "coverage" in table
+
+
+def test_shape_accuracy_is_counted_per_asked_shape() -> None:
+    prompts = [("single_object", "a circle", {"shape": "circle"}),
+               ("colour", "a red circle", {"shape": "circle", "colour": "red"}),
+               ("size", "a small star", {"shape": "star", "size": "small"}),
+               ("position", "a star on the left", {"shape": "star", "position": "left"}),
+               ("tier2", "a red circle above a blue star", {"objects": []})]
+    read = np.array(["circle", "square", "star", "star", "circle"])
+    by_shape = evaluate.shape_accuracy_by_shape({"shape": {"label": read}}, prompts)
+    # the tier-2 image is not counted, and shapes no prompt asked for are left out
+    assert by_shape == {"circle": 0.5, "star": 1.0}
 
 
 def test_cli_rejects_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
