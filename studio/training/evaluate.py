@@ -384,13 +384,14 @@ def markdown(results: dict) -> str:
                 name = task.replace("_", " ") + (" (tier 2)" if task in TIER2_TASKS else "")
             lines.append(f"| {name} | {cells} | {GOALS.get(task, 'reported')} |")
         if "negative_avoidance" in d:
+            # three places: the goal is 0.95, and two would round 0.946 up to a pass
             neg = d["negative_prompt"]
             lines.append(
                 f"| negative prompt: \"{neg['prompt']}\" / negative \"{neg['negative']}\" "
                 f"(guidance {neg['guidance']}), share with neither colour | "
                 + "".join("– | " for _ in gs[:-1])
-                + f"{d['negative_avoidance']:.2f} (without the negative prompt: "
-                f"{d['avoidance_without_negative']:.2f}) | ≥ 0.95 |")
+                + f"{d['negative_avoidance']:.3f} (without the negative prompt: "
+                f"{d['avoidance_without_negative']:.3f}) | ≥ 0.95 |")
         by_shape = d.get("shape_by_guidance")
         if by_shape:
             lines += ["", "Shape read as asked, over every one-object prompt:", "",

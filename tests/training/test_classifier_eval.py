@@ -210,3 +210,12 @@ def test_autoencoder_ceiling_of_a_lossless_autoencoder_is_the_classifier_accurac
     assert ceiling["shape"] == float(np.mean(pred["shape"]["label"] == np.array(shapes)))
     backgrounds = [s.background for s in scenes]
     assert ceiling["background"] == float(np.mean(pred["background"]["label"] == np.array(backgrounds)))
+
+
+def test_negative_prompt_row_does_not_round_a_miss_up_to_the_goal() -> None:
+    d = {"prompts": 1, "steps": 1, "by_guidance": {"7.5": {"single_object": 1.0}},
+         "seconds_per_image": {"7.5": 0.1}, "negative_avoidance": 0.946,
+         "avoidance_without_negative": 0.68,
+         "negative_prompt": {"prompt": "a circle", "negative": "red, blue", "guidance": 7.5}}
+    table = evaluate.markdown({"shapes-diffusion": d})
+    assert "0.946 (without the negative prompt: 0.680)" in table
