@@ -108,6 +108,22 @@ def shape_accuracy_by_shape(pred: dict[str, dict[str, np.ndarray]],
     return {s: float(np.mean(v)) for s, v in asked.items() if v}
 
 
+def attribute_accuracy_alone(pred: dict[str, dict[str, np.ndarray]],
+                             prompts: list[tuple[str, str, dict]]) -> dict[str, float]:
+    """Per tier-1 attribute task, the share of images with the named attribute right, shape or not.
+
+    The tier-1 scores need the shape as well; set beside them, this says whether a
+    miss is the attribute or the shape.
+    """
+    right: dict[str, list[bool]] = {}
+    for i, (task, _, req) in enumerate(prompts):
+        if task in ("tier2", "single_object"):
+            continue
+        right.setdefault(task, []).append(
+            all(pred[k]["label"][i] == v for k, v in req.items() if k != "shape"))
+    return {t: float(np.mean(v)) for t, v in right.items()}
+
+
 def _relation_holds(first: Any, second: Any, relation: str) -> bool:
     ax, ay = world.RELATION_AXES[relation]
     dx, dy = first.cx - second.cx, first.cy - second.cy
@@ -225,6 +241,8 @@ def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps:
                 scores[k].append(v)
         result["by_guidance"][str(g)] = {k: float(np.mean(v)) for k, v in scores.items() if v}
         result.setdefault("shape_by_guidance", {})[str(g)] = shape_accuracy_by_shape(pred, prompts)
+        result.setdefault("attribute_by_guidance", {})[str(g)] = attribute_accuracy_alone(
+            pred, prompts)
         # Attribute scores read the classifier's heads, which also name blobs; this says how
         # many one-object images are a clean scene at all.
         tier1_idx = [i for i, (t, _, _) in enumerate(prompts) if t != "tier2"]
@@ -401,6 +419,15 @@ def markdown(results: dict) -> str:
                 vals = [by_shape[g].get(shape) for g in by_shape]
                 lines.append(f"| {shape} | "
                              + " | ".join("–" if v is None else f"{v:.2f}" for v in vals) + " |")
+        alone = d.get("attribute_by_guidance")
+        if alone:
+            lines += ["", "The named attribute alone (shape not required):", "",
+                      "| sub-task | " + " | ".join(f"guidance {g}" for g in alone) + " |",
+                      "|---|" + "---|" * len(alone)]
+            for task in TIER1_TASKS:
+                vals = [alone[g].get(task) for g in alone]
+                if all(v is not None for v in vals):
+                    lines.append(f"| {task} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
         spi = ", ".join(f"{v:.3f} s at guidance {g}" for g, v in d["seconds_per_image"].items())
         lines += ["", f"Seconds per image (batches of 16, CPU, {d['steps']} steps): {spi}.", ""]
         if "autoencoder_ceiling" in d:

@@ -106,6 +106,8 @@ def test_evaluation_runs_on_tiny_models(tmp_path: Path,
     assert 0.0 <= d["by_guidance"]["7.5"]["clean_scene"] <= 1.0
     assert "one clean scene" in evaluate.markdown({"shapes-diffusion": d})
     assert "| circle |" in evaluate.markdown({"shapes-diffusion": d})
+    assert set(d["attribute_by_guidance"]["7.5"]) == {"colour", "background", "size", "position"}
+    assert "| background |" in evaluate.markdown({"shapes-diffusion": d}).split("alone")[1]
     assert 0.0 <= d["negative_avoidance"] <= 1.0 and d["seconds_per_image"]["7.5"] > 0
     assert set(d["autoencoder_ceiling"]) == {"shape", "colour", "size", "position", "background"}
     assert all(0.0 <= v <= 1.0 for v in d["autoencoder_ceiling"].values())
@@ -142,6 +144,22 @@ def test_shape_accuracy_is_counted_per_asked_shape() -> None:
     by_shape = evaluate.shape_accuracy_by_shape({"shape": {"label": read}}, prompts)
     # the tier-2 image is not counted, and shapes no prompt asked for are left out
     assert by_shape == {"circle": 0.5, "star": 1.0}
+
+
+def test_attribute_alone_ignores_the_shape() -> None:
+    prompts = [("single_object", "a circle", {"shape": "circle"}),
+               ("colour", "a red circle", {"shape": "circle", "colour": "red"}),
+               ("colour", "a blue star", {"shape": "star", "colour": "blue"}),
+               ("background", "a star on a red background",
+                {"shape": "star", "background": "red"}),
+               ("tier2", "a red circle above a blue star", {"objects": []})]
+    pred = {"shape": {"label": np.array(["square", "square", "star", "circle", "circle"])},
+            "colour": {"label": np.array(["red", "red", "green", "red", "red"])},
+            "background": {"label": np.array(["white", "white", "white", "red", "red"])}}
+    alone = evaluate.attribute_accuracy_alone(pred, prompts)
+    # the red circle read as a red square counts; the blue star read as green does not
+    assert alone == {"colour": 0.5, "background": 1.0}
+    assert not evaluate.score_tier1(pred, 1, prompts[1][2])
 
 
 def test_cli_rejects_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
