@@ -119,8 +119,8 @@ def attribute_accuracy_alone(pred: dict[str, dict[str, np.ndarray]],
     for i, (task, _, req) in enumerate(prompts):
         if task in ("tier2", "single_object"):
             continue
-        right.setdefault(task, []).append(
-            all(pred[k]["label"][i] == v for k, v in req.items() if k != "shape"))
+        named = {k: v for k, v in req.items() if k != "shape"}
+        right.setdefault(task, []).append(score_tier1(pred, i, named))
     return {t: float(np.mean(v)) for t, v in right.items()}
 
 
@@ -383,6 +383,19 @@ def sample_grid(images: np.ndarray, columns: int = 8, scale: int = 2) -> Any:
     return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
 
 
+def _per_guidance_table(title: str, first_column: str, by_guidance: dict[str, dict[str, float]],
+                        rows: Sequence[str]) -> list[str]:
+    """Markdown lines: one row per name, one column per guidance ("–" where a row has none)."""
+    lines = ["", title, "",
+             f"| {first_column} | " + " | ".join(f"guidance {g}" for g in by_guidance) + " |",
+             "|---|" + "---|" * len(by_guidance)]
+    for row in rows:
+        vals = [by_guidance[g].get(row) for g in by_guidance]
+        lines.append(f"| {row} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in vals)
+                     + " |")
+    return lines
+
+
 def markdown(results: dict) -> str:
     lines: list[str] = []
     d = results.get("shapes-diffusion")
@@ -412,22 +425,13 @@ def markdown(results: dict) -> str:
                 f"{d['avoidance_without_negative']:.3f}) | ≥ 0.95 |")
         by_shape = d.get("shape_by_guidance")
         if by_shape:
-            lines += ["", "Shape read as asked, over every one-object prompt:", "",
-                      "| shape | " + " | ".join(f"guidance {g}" for g in by_shape) + " |",
-                      "|---|" + "---|" * len(by_shape)]
-            for shape in world.SHAPES:
-                vals = [by_shape[g].get(shape) for g in by_shape]
-                lines.append(f"| {shape} | "
-                             + " | ".join("–" if v is None else f"{v:.2f}" for v in vals) + " |")
+            lines += _per_guidance_table("Shape read as asked, over every one-object prompt:",
+                                         "shape", by_shape, world.SHAPES)
         alone = d.get("attribute_by_guidance")
         if alone:
-            lines += ["", "The named attribute alone (shape not required):", "",
-                      "| sub-task | " + " | ".join(f"guidance {g}" for g in alone) + " |",
-                      "|---|" + "---|" * len(alone)]
-            for task in TIER1_TASKS:
-                vals = [alone[g].get(task) for g in alone]
-                if all(v is not None for v in vals):
-                    lines.append(f"| {task} | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+            tasks = [t for t in TIER1_TASKS if all(t in alone[g] for g in alone)]
+            lines += _per_guidance_table("The named attribute alone (shape not required):",
+                                         "sub-task", alone, tasks)
         spi = ", ".join(f"{v:.3f} s at guidance {g}" for g, v in d["seconds_per_image"].items())
         lines += ["", f"Seconds per image (batches of 16, CPU, {d['steps']} steps): {spi}.", ""]
         if "autoencoder_ceiling" in d:
