@@ -85,6 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="steps of the final decoder fine-tuning (default: min(1200, steps))")
     parser.add_argument("--decoder-only", action="store_true",
                         help="only fine-tune the decoder of the pipeline already in --out")
+    parser.add_argument("--decoder-denoised", type=int, default=0, metavar="T",
+                        help="with --decoder-only: half the decoder's inputs are the UNet's own "
+                             "one-step estimates of the latent from noise levels up to timestep "
+                             "T, so the decoder learns the latents the UNet makes (default 0: off)")
     parser.add_argument("--text-steps", type=int, default=None,
                         help="text-encoder pre-training steps (batch 128) before the UNet phase "
                              "(default: 400; 0 with --init-from, whose text encoder the UNet "
@@ -399,12 +403,63 @@ def encode_cache(vae: Any, n: int, device: str, seed: int, rng_seed: int,
     return (torch.cat(means), torch.cat(stds)), captions
 
 
-def finetune_decoder(vae: Any, steps: int, batch: int, device: str, seed: int) -> dict:
+class Denoiser:
+    """The pipeline's UNet as a one-step estimator of clean latents, for decoder fine-tuning.
+
+    A sampled image ends on the UNet's estimate of a latent, not on an encoder's
+    latent; decoding those estimates back to the real scene teaches the decoder
+    the UNet's kind of error (soft corners, faint points) rather than the encoder's.
+    """
+
+    def __init__(self, unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any,
+                 max_t: int, device: str, seed: int) -> None:
+        import torch
+
+        if not 0 < max_t <= scheduler.config.num_train_timesteps:
+            raise TrainError(f"--decoder-denoised must be in 1..{scheduler.config.num_train_timesteps}"
+                             f", got {max_t}")
+        self.unet, self.text_encoder, self.tokenizer = unet, text_encoder, tokenizer
+        self.alphas = scheduler.alphas_cumprod.to(device)
+        self.max_t, self.device = max_t, device
+        self.gen = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def load(cls, folder: Path, max_t: int, device: str, seed: int) -> Denoiser:
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
+            if not (folder / sub).is_dir():
+                raise TrainError(f"--decoder-denoised: no {sub}/ folder in {folder}")
+        unet = UNet2DConditionModel.from_pretrained(str(folder / "unet")).to(device).eval()
+        text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder")).to(device).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+        scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
+        return cls(unet, text_encoder, tokenizer, scheduler, max_t, device, seed)
+
+    def estimate(self, z: Any, captions: list[str], scaling_factor: float) -> Any:
+        """The UNet's one-step estimate of ``z`` (unscaled latents) from a noised copy."""
+        import torch
+
+        latents = z * scaling_factor
+        t = torch.randint(0, self.max_t, (len(z),), generator=self.gen).to(self.device)
+        noise = torch.randn(latents.shape, generator=self.gen).to(self.device)
+        a = self.alphas[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        cond = self.text_encoder(tokenize(self.tokenizer, captions, self.device))[0]
+        eps = self.unet(noisy, t, encoder_hidden_states=cond).sample
+        return (noisy - (1 - a).sqrt() * eps) / a.sqrt() / scaling_factor
+
+
+def finetune_decoder(vae: Any, steps: int, batch: int, device: str, seed: int,
+                     denoiser: Denoiser | None = None) -> dict:
     """Sharpen the decoder with the encoder frozen, as Stable Diffusion's ft-MSE decoder.
 
     The latent space the UNet learned stays exactly the same; only the map back
     to pixels improves. Latents are sampled from the posterior, like the UNet's
-    training targets, so the decoder also cleans up slightly-off latents.
+    training targets, so the decoder also cleans up slightly-off latents. With a
+    ``denoiser``, every other batch is decoded from the UNet's estimate of the
+    latent instead, and still has to give back the real scene.
     """
     import torch
 
@@ -420,11 +475,15 @@ def finetune_decoder(vae: Any, steps: int, batch: int, device: str, seed: int) -
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = 5e-4 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        images, _, _ = world.render_batch(range(base + step * batch, base + (step + 1) * batch),
-                                          tier=1 if step % 4 else 2, caption_style="empty")
+        denoised = denoiser is not None and step % 2 == 1
+        images, captions, _ = world.render_batch(
+            range(base + step * batch, base + (step + 1) * batch),
+            tier=1 if step % 4 else 2, caption_style="random" if denoised else "empty")
         x = to_tensor(images, device)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample()
+            if denoised:
+                z = denoiser.estimate(z, captions, vae.config.scaling_factor)
         recon = vae.decode(z).sample
         loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean()
         opt.zero_grad(set_to_none=True)
@@ -445,11 +504,18 @@ def decoder_only(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if not (out / "vae" / "config.json").is_file():
         raise TrainError(f"--decoder-only: no pipeline with a vae/ folder in {out}")
-    vae = AutoencoderKL.from_pretrained(str(out / "vae")).to(args.device or "cpu")
+    device = args.device or "cpu"
+    vae = AutoencoderKL.from_pretrained(str(out / "vae")).to(device)
     steps = int(args.decoder_steps or min(1200, int(args.steps)))
+    max_t = int(getattr(args, "decoder_denoised", 0) or 0)
+    if max_t < 0:
+        raise TrainError(f"--decoder-denoised must be 0 or a positive timestep, got {max_t}")
+    denoiser = Denoiser.load(out, max_t, device, int(args.seed or 0)) if max_t else None
     info = finetune_decoder(vae, steps, state_batch(getattr(args, "preset", "full"),
                                                     int(args.batch_size)),
-                            args.device or "cpu", int(args.seed or 0))
+                            device, int(args.seed or 0), denoiser)
+    if max_t:
+        info["decoder_denoised_max_t"] = max_t
     vae.save_pretrained(str(out / "vae"), safe_serialization=True)
     state_file = out / "training_state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}

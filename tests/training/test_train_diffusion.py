@@ -140,6 +140,54 @@ def test_decoder_only_fine_tunes_in_place(tiny_pipeline: Path, tmp_path: Path) -
     assert json.loads((copy / "training_state.json").read_text())["decoder_steps"] == 1
 
 
+def test_decoder_denoised_learns_from_the_unets_estimates(tiny_pipeline: Path,
+                                                         tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    copy = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline, copy)
+    before = AutoencoderKL.from_pretrained(str(copy / "vae"))
+    assert main(["shapes-diffusion", "--decoder-only", "--decoder-steps", "2",
+                 "--decoder-denoised", "300", "--out", str(copy), *TINY]) == 0
+    after = AutoencoderKL.from_pretrained(str(copy / "vae"))
+    assert any(not torch.equal(a, b) for a, b in
+               zip(before.decoder.parameters(), after.decoder.parameters(), strict=True))
+    state = json.loads((copy / "training_state.json").read_text())
+    assert state["decoder_steps"] == 2 and state["decoder_denoised_max_t"] == 300
+
+
+def test_denoiser_estimate_is_the_latent_at_the_lowest_noise(tiny_pipeline: Path) -> None:
+    import torch
+
+    from studio.training.train_diffusion import Denoiser
+
+    low = Denoiser.load(tiny_pipeline, 1, "cpu", 0)
+    high = Denoiser.load(tiny_pipeline, 1000, "cpu", 0)
+    z = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        near = low.estimate(z, ["a red circle"] * 4, 0.5)
+        far = high.estimate(z, ["a red circle"] * 4, 0.5)
+    assert near.shape == z.shape
+    # at timestep 0 almost no noise is added, so the estimate is the latent itself
+    assert (near - z).abs().max() < 0.05
+    assert (far - z).abs().max() > 0.05
+
+
+def test_decoder_denoised_out_of_range(tiny_pipeline: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    copy = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline, copy)
+    for bad in ("-1", "5000"):
+        assert main(["shapes-diffusion", "--decoder-only", "--decoder-denoised", bad,
+                     "--out", str(copy), *TINY]) == 2
+        assert "--decoder-denoised must be" in capsys.readouterr().err
+
+
 def test_decoder_only_needs_a_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["shapes-diffusion", "--decoder-only", "--out", str(tmp_path), *TINY]) == 2
     assert "no pipeline" in capsys.readouterr().err
