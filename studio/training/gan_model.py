@@ -1,9 +1,15 @@
 """The project's DCGAN: generator and spectrally normalised discriminator.
 
 A generator is stored as ``config.json`` (``"architecture": "dcgan"``, ``z_dim``,
-``channels``, ``image_size``, ``base_channels``) plus ``model.safetensors``;
-``build_generator(config)`` rebuilds the module so the weights load with
-``load_state_dict(strict=True)``. Only torch is imported.
+``channels``, ``image_size``, ``base_channels``, optionally ``coord_channels``) plus
+``model.safetensors``; ``build_generator(config)`` rebuilds the module so the weights
+load with ``load_state_dict(strict=True)``. Only torch is imported.
+
+``coord_channels: true`` gives every up-sampling layer two more input channels holding
+the x and y pixel coordinates (CoordConv, Liu et al. 2018). Without them a
+transposed-convolution stack has to work out where it is from padding effects alone,
+and Liu et al. show such a stack failing to render even a square at a given
+coordinate; a generator that must draw an object where z puts it needs that map.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "channels": 3,
     "image_size": 64,
     "base_channels": 32,
+    "coord_channels": False,
     "output_range": "-1,1",
 }
 
@@ -38,29 +45,46 @@ class Generator(nn.Module):
 
     A transposed convolution takes z to 4x4, then each level doubles the size
     and halves the width (batch norm + ReLU), as in Radford et al. (2016).
+    With ``coord_channels`` each up-sampling convolution also reads the pixel
+    coordinates of its input (``CoordConcat``).
     """
 
-    def __init__(self, z_dim: int, channels: int, image_size: int, base_channels: int) -> None:
+    def __init__(self, z_dim: int, channels: int, image_size: int, base_channels: int,
+                 coord_channels: bool = False) -> None:
         super().__init__()
         self.z_dim = z_dim
         levels = _levels(image_size)
         width = base_channels * 2 ** (levels - 1)
+        extra = 2 if coord_channels else 0
         layers: list[nn.Module] = [
             nn.ConvTranspose2d(z_dim, width, 4, 1, 0, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
         ]
         for _ in range(levels - 1):
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+            layers += [*([CoordConcat()] if extra else []),
+                       nn.ConvTranspose2d(width + extra, width // 2, 4, 2, 1, bias=False),
                        nn.BatchNorm2d(width // 2), nn.ReLU(inplace=True)]
             width //= 2
-        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]
+        layers += [*([CoordConcat()] if extra else []),
+                   nn.ConvTranspose2d(width + extra, channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() == 2:
             z = z[:, :, None, None]
         return self.net(z)
+
+
+class CoordConcat(nn.Module):
+    """Appends x and y, each running from -1 to 1 across the map, as two channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = x.shape
+        ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
+        xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
+        grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"))
+        return torch.cat([x, grid.expand(n, 2, h, w)], dim=1)
 
 
 DISCRIMINATOR_NORMS = ("spectral", "batch")
@@ -106,7 +130,7 @@ def build_generator(config: dict[str, Any]) -> Generator:
     if arch != ARCHITECTURE:
         raise ValueError(f"architecture {arch!r} is not {ARCHITECTURE!r}")
     return Generator(int(cfg["z_dim"]), int(cfg["channels"]), int(cfg["image_size"]),
-                     int(cfg["base_channels"]))
+                     int(cfg["base_channels"]), bool(cfg["coord_channels"]))
 
 
 def build_discriminator(config: dict[str, Any]) -> Discriminator:

@@ -415,10 +415,8 @@ class Denoiser:
                  max_t: int, device: str, seed: int) -> None:
         import torch
 
-        if not 0 < max_t <= scheduler.config.num_train_timesteps:
-            raise TrainError(f"--decoder-denoised must be in 1..{scheduler.config.num_train_timesteps}"
-                             f", got {max_t}")
         self.unet, self.text_encoder, self.tokenizer = unet, text_encoder, tokenizer
+        self.scheduler = scheduler
         self.alphas = scheduler.alphas_cumprod.to(device)
         self.max_t, self.device = max_t, device
         self.gen = torch.Generator().manual_seed(seed)
@@ -431,10 +429,14 @@ class Denoiser:
         for sub in ("unet", "text_encoder", "tokenizer", "scheduler"):
             if not (folder / sub).is_dir():
                 raise TrainError(f"--decoder-denoised: no {sub}/ folder in {folder}")
+        scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
+        # Checked before the UNet loads, against the timesteps the UNet was trained on.
+        if not 0 < max_t <= scheduler.config.num_train_timesteps:
+            raise TrainError(f"--decoder-denoised must be in 1..{scheduler.config.num_train_timesteps}"
+                             f", got {max_t}")
         unet = UNet2DConditionModel.from_pretrained(str(folder / "unet")).to(device).eval()
         text_encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder")).to(device).eval()
         tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
-        scheduler = DDPMScheduler.from_pretrained(str(folder / "scheduler"))
         return cls(unet, text_encoder, tokenizer, scheduler, max_t, device, seed)
 
     def estimate(self, z: Any, captions: list[str], scaling_factor: float) -> Any:
@@ -444,8 +446,8 @@ class Denoiser:
         latents = z * scaling_factor
         t = torch.randint(0, self.max_t, (len(z),), generator=self.gen).to(self.device)
         noise = torch.randn(latents.shape, generator=self.gen).to(self.device)
+        noisy = self.scheduler.add_noise(latents, noise, t)
         a = self.alphas[t].view(-1, 1, 1, 1)
-        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         cond = self.text_encoder(tokenize(self.tokenizer, captions, self.device))[0]
         eps = self.unet(noisy, t, encoder_hidden_states=cond).sample
         return (noisy - (1 - a).sqrt() * eps) / a.sqrt() / scaling_factor
@@ -508,8 +510,6 @@ def decoder_only(args: argparse.Namespace) -> None:
     vae = AutoencoderKL.from_pretrained(str(out / "vae")).to(device)
     steps = int(args.decoder_steps or min(1200, int(args.steps)))
     max_t = int(getattr(args, "decoder_denoised", 0) or 0)
-    if max_t < 0:
-        raise TrainError(f"--decoder-denoised must be 0 or a positive timestep, got {max_t}")
     denoiser = Denoiser.load(out, max_t, device, int(args.seed or 0)) if max_t else None
     info = finetune_decoder(vae, steps, state_batch(getattr(args, "preset", "full"),
                                                     int(args.batch_size)),

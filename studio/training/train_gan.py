@@ -205,6 +205,10 @@ def train(args: argparse.Namespace) -> None:
         if args.base_channels < 1:
             raise TrainError(f"--base-channels must be positive, got {args.base_channels}")
         config["base_channels"] = args.base_channels
+    if args.coord_channels:
+        if init_from is not None and not config.get("coord_channels"):
+            raise TrainError(f"--coord-channels: the generator in {init_from} has none")
+        config["coord_channels"] = True
     z_dim = int(config["z_dim"])
     if args.anchor < 0:
         raise TrainError(f"--anchor must be zero or positive, got {args.anchor}")
@@ -341,6 +345,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--disc-channels then sets its heads' width")
     parser.add_argument("--base-channels", type=int, default=None,
                         help=f"generator width at 32x32 (default {DEFAULT_CONFIG['base_channels']})")
+    parser.add_argument("--coord-channels", action="store_true",
+                        help="the generator's up-sampling layers also read the pixel "
+                             "coordinates (CoordConv)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="bf16: bfloat16 autocast for the forward passes (faster on CPUs "
                              "with AVX-512 BF16 and on GPUs); weights stay float32")
