@@ -67,6 +67,43 @@ def test_bf16_autocast_trains_float32_weights(tmp_path):
     assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
 
 
+def test_coord_channels_train_reload_and_refuse_a_generator_without_them(tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "gan"
+    assert main(["shapes-gan", "--tiny", "--steps", "2", "--batch-size", "4", "--anchor", "1",
+                 "--adversarial", "0", "--coord-channels", "--out", str(out)]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["coord_channels"] is True
+    gen = build_generator(config)
+    gen.load_state_dict(load_file(str(out / "model.safetensors")), strict=True)
+    # every up-sampling layer reads two more input channels than the plain generator's
+    plain = build_generator({**config, "coord_channels": False})
+    widths = [m.in_channels for m in gen.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    plain_widths = [m.in_channels for m in plain.modules()
+                    if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert widths[0] == plain_widths[0]
+    assert [w - p for w, p in zip(widths[1:], plain_widths[1:], strict=True)] == [2] * 4
+    plain_out = tmp_path / "plain"
+    assert main(["shapes-gan", "--tiny", "--steps", "1", "--batch-size", "4",
+                 "--out", str(plain_out)]) == 0
+    assert main(["shapes-gan", "--tiny", "--steps", "1", "--batch-size", "4", "--coord-channels",
+                 "--init-from", str(plain_out), "--out", str(tmp_path / "more")]) == 2
+    assert "--coord-channels" in capsys.readouterr().err
+
+
+def test_coord_concat_appends_the_pixel_grid():
+    from studio.training.gan_model import CoordConcat
+
+    x = torch.zeros(2, 3, 4, 5)
+    y = CoordConcat()(x)
+    assert y.shape == (2, 5, 4, 5)
+    assert torch.equal(y[:, :3], x)
+    # channel 3 runs left to right, channel 4 top to bottom, each from -1 to 1
+    assert torch.allclose(y[0, 3, 0], torch.linspace(-1, 1, 5))
+    assert torch.allclose(y[1, 4, :, 2], torch.linspace(-1, 1, 4))
+
+
 @pytest.mark.parametrize("norm", ["spectral", "batch"])
 def test_generator_and_discriminator_sizes(norm):
     gen = build_generator({"z_dim": 16, "base_channels": 4, "image_size": 32})
