@@ -349,16 +349,23 @@ def _apply_memory_switches(pipe: Any, options: dict[str, Any]) -> None:
 
 
 def make_scheduler(loaded: LoadedPipeline, key: str) -> Any:
-    import diffusers
-
     if key == "lcm" and not loaded.supports_lcm:
         raise UserError(
             f"The LCM sampler needs an LCM-distilled model, and {loaded.name} is not one: "
             "choose another scheduler."
         )
+    return scheduler_from_config(key, loaded.base_scheduler_config)
+
+
+def scheduler_from_config(key: str, config: Any) -> Any:
+    """The scheduler ``key`` (a key of SCHEDULERS) names, built from a pipeline's own
+    scheduler config, so its betas, prediction type and timestep spacing carry over."""
+    import diffusers
+
+    if key not in _SCHEDULER_CLASSES:
+        raise UserError(f"Unknown scheduler {key!r}: choose one of {', '.join(_SCHEDULER_CLASSES)}.")
     cls_name, overrides = _SCHEDULER_CLASSES[key]
-    cls = getattr(diffusers, cls_name)
-    return cls.from_config(loaded.base_scheduler_config, **overrides)
+    return getattr(diffusers, cls_name).from_config(config, **overrides)
 
 
 # ---- prompts ----------------------------------------------------------------------

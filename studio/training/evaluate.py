@@ -46,6 +46,12 @@ TIER1_TASKS: tuple[str, ...] = ("single_object", "colour", "background", "size",
 TIER2_TASKS: tuple[str, ...] = ("two_object", "binding", "relation")
 EVAL_SEED_BASE = 7_000_000_000  # held-out scenes for the autoencoders
 NEGATIVE_PROMPT = ("a circle", "red, blue")
+# How the diffusion table names the sampler a result was measured with.
+SAMPLER_LABELS: dict[str, str] = {
+    "DDIMScheduler": "DDIM", "DDPMScheduler": "DDPM", "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler ancestral",
+    "DPMSolverMultistepScheduler": "DPM-Solver++ (2M)", "LCMScheduler": "LCM",
+}
 GOALS: dict[str, str] = {
     "single_object": "≥ 0.95 at 7.5", "colour": "≥ 0.95 at 7.5", "background": "≥ 0.95 at 7.5",
     "size": "≥ 0.90", "position": "≥ 0.90", "negative_avoidance": "≥ 0.95",
@@ -215,12 +221,20 @@ def autoencoder_ceiling(vae: Any, clf: Classifier, n: int = 300) -> dict[str, fl
 
 def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps: int = 20,
                        guidances: Sequence[float] = GUIDANCES, negative_n: int = 100,
-                       seed: int = 0, batch: int = 16, ceiling_n: int = 300) -> dict:
+                       seed: int = 0, batch: int = 16, ceiling_n: int = 300,
+                       scheduler: str | None = None) -> dict:
+    """Scores of the pipeline folder at ``path``; ``scheduler`` (a key of the studio's
+    sampler list, e.g. "euler") replaces the folder's own, as the Image pane does."""
     pipe = load_pipeline(path)
+    if scheduler:
+        from studio.core.diffusion import scheduler_from_config
+
+        pipe.scheduler = scheduler_from_config(scheduler, pipe.scheduler.config)
     prompts = diffusion_prompts(n_per_task, seed)
     texts = [p for _, p, _ in prompts]
     result: dict[str, Any] = {"prompts": len(prompts), "steps": steps, "by_guidance": {},
-                              "seconds_per_image": {}}
+                              "seconds_per_image": {}, "seed": seed,
+                              "scheduler": type(pipe.scheduler).__name__}
     if ceiling_n:
         log(f"shapes-diffusion: autoencoder ceiling on {ceiling_n} held-out scenes")
         result["autoencoder_ceiling"] = autoencoder_ceiling(pipe.vae, clf, ceiling_n)
@@ -401,7 +415,9 @@ def markdown(results: dict) -> str:
     d = results.get("shapes-diffusion")
     if d:
         gs = list(d["by_guidance"])
-        lines += [f"### shapes-diffusion ({d['prompts']} prompts per guidance, {d['steps']} DDIM steps)",
+        sampler = SAMPLER_LABELS.get(d.get("scheduler", "DDIMScheduler"), d.get("scheduler"))
+        lines += [f"### shapes-diffusion ({d['prompts']} prompts per guidance, "
+                  f"{d['steps']} {sampler} steps)",
                   "", "| sub-task | " + " | ".join(f"guidance {g}" for g in gs) + " | goal |",
                   "|---|" + "---|" * (len(gs) + 1)]
         for task in TIER1_TASKS + TIER2_TASKS + ("clean_scene",):
@@ -482,6 +498,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="diffusion prompts per sub-task (6 groups; default 40 -> 240)")
     parser.add_argument("--steps", type=int, default=20, help="diffusion sampling steps")
     parser.add_argument("--negative-samples", type=int, default=100)
+    parser.add_argument("--guidance", type=float, nargs="+", default=list(GUIDANCES),
+                        metavar="G", help="diffusion guidance scales (default 1.0 3.0 7.5)")
+    parser.add_argument("--scheduler", default=None,
+                        help="diffusion sampler instead of the folder's own: one of the "
+                             "studio's (ddim, euler, euler_a, dpmpp_2m, ddpm)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="diffusion prompt set and noise (default 0; 1000 gives a second set)")
     parser.add_argument("--json", default=None, help="write the results as JSON here")
     parser.add_argument("--markdown", default=None, help="write the table as Markdown here")
     parser.add_argument("--grid", default=None, help="write a diffusion sample grid PNG here")
@@ -494,6 +517,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.prompts_per_task <= 0 or args.steps <= 0:
         print("error: --prompts-per-task and --steps must be positive", file=sys.stderr)
+        return 2
+    if any(g <= 0 for g in args.guidance):
+        print("error: --guidance scales must be positive", file=sys.stderr)
+        return 2
+    from studio.core.diffusion import SCHEDULERS
+
+    if args.scheduler is not None and args.scheduler not in SCHEDULERS:
+        print(f"error: unknown scheduler {args.scheduler!r}; choose from "
+              f"{', '.join(SCHEDULERS)}", file=sys.stderr)
         return 2
     import torch
 
@@ -518,7 +550,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.monotonic()
         if name == "shapes-diffusion":
             results[name] = evaluate_diffusion(path, clf, args.prompts_per_task, args.steps,
-                                               negative_n=args.negative_samples)
+                                               guidances=tuple(args.guidance),
+                                               negative_n=args.negative_samples,
+                                               seed=args.seed, scheduler=args.scheduler)
         elif name == "shapes-vae":
             results[name] = evaluate_vae(path, clf)
         elif name == "shapes-vae-2d":

@@ -111,6 +111,15 @@ def test_evaluation_runs_on_tiny_models(tmp_path: Path,
     assert 0.0 <= d["negative_avoidance"] <= 1.0 and d["seconds_per_image"]["7.5"] > 0
     assert set(d["autoencoder_ceiling"]) == {"shape", "colour", "size", "position", "background"}
     assert all(0.0 <= v <= 1.0 for v in d["autoencoder_ceiling"].values())
+    assert d["scheduler"] == "DDIMScheduler" and "1 DDIM steps" in evaluate.markdown(
+        {"shapes-diffusion": d})
+    # the studio's own sampler keys swap the folder's scheduler, as the Image pane does
+    e = evaluate.evaluate_diffusion(pipe_dir, quick_classifier, n_per_task=1, steps=2,
+                                    guidances=(3.0,), negative_n=0, batch=4, ceiling_n=0,
+                                    seed=1000, scheduler="euler")
+    assert e["scheduler"] == "EulerDiscreteScheduler" and e["seed"] == 1000
+    assert set(e["by_guidance"]) == {"3.0"} and "negative_avoidance" not in e
+    assert "2 Euler steps" in evaluate.markdown({"shapes-diffusion": e})
 
     vae_dir = tmp_path / "shapes-vae"
     AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
@@ -165,6 +174,16 @@ def test_attribute_alone_ignores_the_shape() -> None:
 def test_cli_rejects_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert evaluate.main(["nope"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--scheduler", "heun"], "unknown scheduler 'heun'"),
+    (["--guidance", "7.5", "0"], "--guidance"),
+])
+def test_cli_rejects_bad_diffusion_options(args: list[str], message: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert evaluate.main(["shapes-diffusion", *args]) == 2
+    assert message in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
