@@ -105,6 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of captions replaced by a bare attribute list such as "
                              "'red, blue', the form negative prompts take "
                              f"(default {ATTRIBUTE_LIST_SHARE})")
+    parser.add_argument("--object-weight", type=float, default=0.0, metavar="W",
+                        help="count the UNet's loss on latent pixels that cover an object "
+                             "1 + W times (default 0: every pixel alike)")
     parser.add_argument("--layers-per-block", type=int, default=None,
                         help="resnet (and attention) layers in each UNet block (default 1); with "
                              "--init-from, a shallower UNet grows to this depth, its new layers "
@@ -384,11 +387,15 @@ def pretrain_text_encoder(text_encoder: Any, tokenizer: Any, steps: int, batch: 
 
 def encode_cache(vae: Any, n: int, device: str, seed: int, rng_seed: int,
                  list_share: float = ATTRIBUTE_LIST_SHARE) -> tuple[Any, list[str]]:
-    """Pre-encode ``n`` training scenes to latent (mean, std) pairs."""
+    """Pre-encode ``n`` training scenes to latent (mean, std, object mask) triples.
+
+    The mask marks, at latent resolution, every latent pixel whose patch of the
+    image holds part of an object (for ``--object-weight``).
+    """
     import torch
 
     rng = np.random.default_rng(rng_seed)
-    means, stds, captions = [], [], []
+    means, stds, masks, captions = [], [], [], []
     vae.eval()
     chunk = 256
     base = 10**9 + seed * 10**8
@@ -399,8 +406,20 @@ def encode_cache(vae: Any, n: int, device: str, seed: int, rng_seed: int,
             dist = vae.encode(to_tensor(images, device)).latent_dist
             means.append(dist.mean.cpu())
             stds.append(dist.std.cpu())
+            masks.append(torch.from_numpy(object_mask(images, dist.mean.shape[-1])))
             captions.extend(caps)
-    return (torch.cat(means), torch.cat(stds)), captions
+    return (torch.cat(means), torch.cat(stds), torch.cat(masks)), captions
+
+
+def object_mask(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, 1, size, size) bool: which size x size patches of ``images`` hold an object pixel.
+
+    Every scene's top-left pixel is background (no object reaches a corner).
+    """
+    n, h, w, _ = images.shape
+    pixels = (images != images[:, :1, :1, :]).any(-1)
+    f = h // size
+    return pixels.reshape(n, size, f, size, w // size).any(axis=(2, 4))[:, None]
 
 
 class Denoiser:
@@ -541,7 +560,10 @@ def min_snr_weights(scheduler: Any, timesteps: Any, gamma: float = 5.0) -> Any:
 def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cache: tuple,
                captions: list[str], steps: int, batch: int, lr: float, device: str, out: Path,
                start: int, state: dict, modules: dict, seed: int,
-               max_seconds: float | None = None) -> None:
+               max_seconds: float | None = None, object_weight: float = 0.0) -> None:
+    """Epsilon MSE with min-SNR weighting; ``object_weight`` W counts the latent pixels
+    that cover an object 1 + W times, so that the few that carry a corner or a point
+    are not outweighed by the flat background."""
     import torch
 
     params = list(unet.parameters())
@@ -551,7 +573,7 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     if start > 0:
         load_checkpoint(out, modules, {"unet": opt})
-    means, stds = cache
+    means, stds, masks = cache
     n = means.shape[0]
     gen = torch.Generator().manual_seed(seed * 7919 + start)
     bar = Progress(steps, start, desc="unet+text")
@@ -585,8 +607,15 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
         with torch.no_grad():
             cond = text_encoder(ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
-        per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
-        loss = (per_sample * min_snr_weights(scheduler, t)).mean()
+        error = (pred - noise) ** 2
+        per_sample = error.mean(dim=(1, 2, 3))
+        if object_weight:
+            # Normalised per image, so the loss keeps its scale and the learning rate its meaning.
+            weight = 1.0 + object_weight * masks[idx].to(device, error.dtype)
+            weighted = (error * weight).mean(dim=(1, 2, 3)) / weight.mean(dim=(1, 2, 3))
+        else:
+            weighted = per_sample
+        loss = (weighted * min_snr_weights(scheduler, t)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -660,6 +689,9 @@ def train(args: argparse.Namespace) -> None:
     list_share = float(getattr(args, "list_captions", ATTRIBUTE_LIST_SHARE))
     if not 0.0 <= list_share <= 1.0:
         raise TrainError(f"--list-captions must be in [0, 1], got {list_share}")
+    object_weight = float(getattr(args, "object_weight", 0.0) or 0.0)
+    if object_weight < 0:
+        raise TrainError(f"--object-weight must be zero or positive, got {object_weight}")
     layers = getattr(args, "layers_per_block", None)
     if layers is not None and int(layers) <= 0:
         raise TrainError(f"--layers-per-block must be a positive integer, got {layers}")
@@ -721,6 +753,7 @@ def train(args: argparse.Namespace) -> None:
         "preset": preset, "steps": steps, "vae_steps": vae_steps, "batch_size": batch,
         "seed": seed, "cache_size": cache_size, "device": device,
         "threads": torch.get_num_threads(), "ema": ema, "list_captions": list_share,
+        **({"object_weight": object_weight} if object_weight else {}),
         "layers_per_block": int(unet.config.layers_per_block),
     }
     state.update(state_init)
@@ -757,7 +790,8 @@ def train(args: argparse.Namespace) -> None:
         max_minutes = getattr(args, "max_minutes", None)
         train_unet(unet, text_encoder, tokenizer, noise_scheduler, cache, captions, steps, batch,
                    float(getattr(args, "lr", 6e-4)), device, out, start, state, modules, seed,
-                   max_seconds=max_minutes * 60 if max_minutes else None)
+                   max_seconds=max_minutes * 60 if max_minutes else None,
+                   object_weight=object_weight)
     decoder_steps = getattr(args, "decoder_steps", None)
     decoder_steps = int(decoder_steps) if decoder_steps is not None else min(1200, steps)
     if decoder_steps > 0:

@@ -331,3 +331,44 @@ def test_list_caption_share_sets_how_many_captions_are_lists() -> None:
     _, every = training_batch(10**9, 100, rng, list_share=1.0)
     assert not any(is_list(c) for c in none)
     assert all(is_list(c) for c in every if c) and any(every)
+
+
+def test_object_mask_marks_the_latent_pixels_over_the_object() -> None:
+    from studio.training import world
+    from studio.training.train_diffusion import object_mask
+
+    images, _, scenes = world.render_batch(range(40), tier=1)
+    mask = object_mask(images, 16)
+    assert mask.shape == (40, 1, 16, 16) and mask.dtype == bool
+    for image, m, scene in zip(images, mask[:, 0], scenes, strict=True):
+        obj = scene.objects[0]
+        assert m[int(obj.cy) // 4, int(obj.cx) // 4]  # the object's centre
+        pixels = (image != image[0, 0]).any(-1)
+        patches = pixels.reshape(16, 4, 16, 4).sum(axis=(1, 3))
+        # marked exactly where a 4x4 patch holds at least one object pixel
+        assert np.array_equal(m, patches > 0)
+        assert 0 < m.sum() < 256
+
+
+def test_object_weight_changes_the_unet_update_and_is_recorded(tiny_pipeline: Path,
+                                                               tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]
+                                                               ) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unets = {}
+    for weight in ("0", "9"):
+        out = tmp_path / f"w{weight}"
+        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                     "--decoder-steps", "0", "--object-weight", weight, "--seed", "3",
+                     "--out", str(out), *TINY]) == 0
+        unets[weight] = UNet2DConditionModel.from_pretrained(str(out / "unet"))
+        state = json.loads((out / "training_state.json").read_text())
+        assert state.get("object_weight", 0.0) == float(weight)
+    # same batches and noise (same seed): only the loss's weighting differs
+    assert any(not torch.equal(a, b) for a, b in
+               zip(unets["0"].parameters(), unets["9"].parameters(), strict=True))
+    assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                 "--object-weight", "-1", "--out", str(tmp_path / "bad"), *TINY]) == 2
+    assert "--object-weight" in capsys.readouterr().err
