@@ -10,6 +10,13 @@ the x and y pixel coordinates (CoordConv, Liu et al. 2018). Without them a
 transposed-convolution stack has to work out where it is from padding effects alone,
 and Liu et al. show such a stack failing to render even a square at a given
 coordinate; a generator that must draw an object where z puts it needs that map.
+
+``layered: true`` builds a ``LayeredGenerator``: a scene is a background colour, an
+object colour and the object's coverage, as the renderer paints it. A mapping MLP
+reads z; two linear heads pick each colour by a softmax over the config's
+``palette``, and the DCGAN stack above draws only the one-channel mask. The stack
+then spends its whole width on outlines, where an RGB stack must learn every
+shape again for each of the 56 colour pairs.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "image_size": 64,
     "base_channels": 32,
     "coord_channels": False,
+    "layered": False,
+    "mapping_width": 256,
     "output_range": "-1,1",
 }
 
@@ -50,7 +59,7 @@ class Generator(nn.Module):
     """
 
     def __init__(self, z_dim: int, channels: int, image_size: int, base_channels: int,
-                 coord_channels: bool = False) -> None:
+                 coord_channels: bool = False, tanh: bool = True) -> None:
         super().__init__()
         self.z_dim = z_dim
         levels = _levels(image_size)
@@ -67,13 +76,56 @@ class Generator(nn.Module):
                        nn.BatchNorm2d(width // 2), nn.ReLU(inplace=True)]
             width //= 2
         layers += [*([CoordConcat()] if extra else []),
-                   nn.ConvTranspose2d(width + extra, channels, 4, 2, 1), nn.Tanh()]
+                   nn.ConvTranspose2d(width + extra, channels, 4, 2, 1),
+                   *([nn.Tanh()] if tanh else [])]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.dim() == 2:
             z = z[:, :, None, None]
         return self.net(z)
+
+
+class LayeredGenerator(nn.Module):
+    """z (N, z_dim) or (N, z_dim, 1, 1) -> image (N, 3, size, size) in [-1, 1], as layers.
+
+    ``layers(z)`` gives the logits the anchored trainer supervises: background and
+    object colour over the palette (N, P) each, and the object mask (N, 1, size, size).
+    ``forward`` paints the softmax-weighted object colour over the softmax-weighted
+    background through the mask's sigmoid, so z still moves the image smoothly.
+    """
+
+    def __init__(self, z_dim: int, image_size: int, base_channels: int, palette: list,
+                 mapping_width: int = 256, coord_channels: bool = False) -> None:
+        super().__init__()
+        self.z_dim = z_dim
+        colours = torch.tensor(palette, dtype=torch.float32)
+        if colours.dim() != 2 or colours.shape[1] != 3 or len(colours) < 2:
+            raise ValueError(f"palette must be a list of at least two RGB triples, got {palette!r}")
+        # 0-255 RGB -> the [-1, 1] range of the image; a fixed table, not a weight.
+        self.register_buffer("palette", colours / 127.5 - 1.0, persistent=False)
+        self.mapping = nn.Sequential(nn.Linear(z_dim, mapping_width), nn.ReLU(inplace=True),
+                                     nn.Linear(mapping_width, mapping_width), nn.ReLU(inplace=True))
+        self.background = nn.Linear(mapping_width, len(colours))
+        self.colour = nn.Linear(mapping_width, len(colours))
+        self.mask = Generator(mapping_width, 1, image_size, base_channels, coord_channels,
+                              tanh=False)
+
+    def layers(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h = self.mapping(z.flatten(1))
+        return self.background(h), self.colour(h), self.mask(h)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.compose(*self.layers(z))
+
+    def compose(self, bg_logits: torch.Tensor, colour_logits: torch.Tensor,
+                mask_logits: torch.Tensor) -> torch.Tensor:
+        """The image that ``layers``' logits paint."""
+        palette = self.palette.to(bg_logits.dtype)
+        bg = (bg_logits.softmax(1) @ palette)[:, :, None, None]
+        fg = (colour_logits.softmax(1) @ palette)[:, :, None, None]
+        alpha = torch.sigmoid(mask_logits)
+        return bg + (fg - bg) * alpha
 
 
 class CoordConcat(nn.Module):
@@ -123,12 +175,20 @@ class Discriminator(nn.Module):
         return self.net(x).flatten()
 
 
-def build_generator(config: dict[str, Any]) -> Generator:
+def build_generator(config: dict[str, Any]) -> Generator | LayeredGenerator:
     """Build the generator a ``config.json`` describes (missing keys take the defaults)."""
     cfg = {**DEFAULT_CONFIG, **config}
     arch = str(cfg.get("architecture", ARCHITECTURE)).lower()
     if arch != ARCHITECTURE:
         raise ValueError(f"architecture {arch!r} is not {ARCHITECTURE!r}")
+    if cfg["layered"]:
+        if int(cfg["channels"]) != 3:
+            raise ValueError(f"a layered generator paints RGB (channels 3), not {cfg['channels']}")
+        if "palette" not in cfg:
+            raise ValueError("a layered generator needs its palette (a list of RGB triples)")
+        return LayeredGenerator(int(cfg["z_dim"]), int(cfg["image_size"]),
+                                int(cfg["base_channels"]), cfg["palette"],
+                                int(cfg["mapping_width"]), bool(cfg["coord_channels"]))
     return Generator(int(cfg["z_dim"]), int(cfg["channels"]), int(cfg["image_size"]),
                      int(cfg["base_channels"]), bool(cfg["coord_channels"]))
 

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from studio.training import z_scenes
+from studio.training import world, z_scenes
 from studio.training.common import (
     CHECKPOINT_DIR,
     PRECISIONS,
@@ -172,6 +172,28 @@ def anchor_loss(fake, z, angles: int = 0, outline: float = 0.0):
     return error.mean() / weight.mean()
 
 
+def layered_anchor_loss(layers, z, angles: int = 0, outline: float = 0.0):
+    """The anchor for a ``LayeredGenerator``'s ``layers(z)``: cross-entropy on the two
+    colours the map names, plus binary cross-entropy of the mask against the object's
+    coverage, object pixels (and, with ``outline``, the outline band) weighted up as in
+    ``anchor_loss``."""
+    import torch
+    import torch.nn.functional as F
+
+    bg_logits, colour_logits, mask_logits = (t.float() for t in layers)
+    bg, colour, alpha = z_scenes.layer_targets(z.cpu().numpy(), angles)
+    device = mask_logits.device
+    alpha = torch.from_numpy(alpha).to(device)[:, None]
+    inside = (alpha > 0).float()
+    weight = 1.0 + OBJECT_WEIGHT * inside
+    if outline:
+        weight = weight + outline * outline_band(inside)
+    mask = F.binary_cross_entropy_with_logits(mask_logits, alpha, weight=weight,
+                                              reduction="sum") / weight.sum()
+    return (F.cross_entropy(bg_logits, torch.from_numpy(bg).to(device))
+            + F.cross_entropy(colour_logits, torch.from_numpy(colour).to(device)) + mask)
+
+
 def sample(gen, n: int, z_dim: int, seed: int = 0):
     import torch
 
@@ -209,6 +231,12 @@ def train(args: argparse.Namespace) -> None:
         if init_from is not None and not config.get("coord_channels"):
             raise TrainError(f"--coord-channels: the generator in {init_from} has none")
         config["coord_channels"] = True
+    if args.layered:
+        if init_from is not None and not config.get("layered"):
+            raise TrainError(f"--layered: the generator in {init_from} is not layered")
+        config["layered"] = True
+        config["palette"] = [list(rgb) for rgb in world.COLOURS.values()]
+    layered = bool(config.get("layered"))
     z_dim = int(config["z_dim"])
     if args.anchor < 0:
         raise TrainError(f"--anchor must be zero or positive, got {args.anchor}")
@@ -251,7 +279,11 @@ def train(args: argparse.Namespace) -> None:
                 group["lr"] = lr * scale
         z = torch.randn(args.batch_size, z_dim, device=device)
         with autocast(args.device, args.precision):
-            fake = gen(z)
+            if layered:
+                layers = gen.layers(z)
+                fake = gen.compose(*layers)
+            else:
+                fake = gen(z)
         g_loss = fake.new_zeros((), dtype=torch.float32)
         extra = {}
         if adversarial:
@@ -265,9 +297,12 @@ def train(args: argparse.Namespace) -> None:
                 g_loss = args.adversarial * generator_loss(disc(fake), args.loss)
             extra["d"] = d_loss.item()
         if args.anchor:
-            l1 = anchor_loss(fake.float(), z, args.anchor_angles, args.anchor_outline)
-            extra["l1"] = l1.item()
-            g_loss = g_loss + args.anchor * l1
+            if layered:
+                tie = layered_anchor_loss(layers, z, args.anchor_angles, args.anchor_outline)
+            else:
+                tie = anchor_loss(fake.float(), z, args.anchor_angles, args.anchor_outline)
+            extra["anchor"] = tie.item()
+            g_loss = g_loss + args.anchor * tie
         opt_g.zero_grad(set_to_none=True)
         g_loss.backward()
         opt_g.step()
@@ -348,6 +383,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coord-channels", action="store_true",
                         help="the generator's up-sampling layers also read the pixel "
                              "coordinates (CoordConv)")
+    parser.add_argument("--layered", action="store_true",
+                        help="a layered generator: palette colours for background and object "
+                             "and a DCGAN stack that draws only the object's mask")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="bf16: bfloat16 autocast for the forward passes (faster on CPUs "
                              "with AVX-512 BF16 and on GPUs); weights stay float32")

@@ -433,8 +433,12 @@ def signed_distance(
     return (px - r) * nx + py * ny
 
 
-def _composite(images: np.ndarray, index: np.ndarray, objects: list[ObjectSpec]) -> None:
-    """Paint ``objects[k]`` over ``images[index[k]]`` in place (float32 images)."""
+def coverage(objects: Sequence[ObjectSpec]) -> np.ndarray:
+    """Share of each pixel that ``objects[k]`` covers, (N, 64, 64) float32 in [0, 1].
+
+    This is the anti-aliasing alpha the renderer paints each object with.
+    """
+    alpha = np.zeros((len(objects), IMAGE_SIZE, IMAGE_SIZE), np.float32)
     for shape in SHAPES:
         sel = [k for k, o in enumerate(objects) if o.shape == shape]
         if not sel:
@@ -447,10 +451,15 @@ def _composite(images: np.ndarray, index: np.ndarray, objects: list[ObjectSpec])
             np.array([o.radius for o in objs]),
             np.array([o.angle for o in objs]),
         )
-        alpha = np.clip(0.5 - sd, 0.0, 1.0)[..., None]
-        fg = np.array([COLOURS[o.colour] for o in objs], np.float32)[:, None, None, :]
-        rows = index[sel]
-        images[rows] = images[rows] * (1.0 - alpha) + fg * alpha
+        alpha[sel] = np.clip(0.5 - sd, 0.0, 1.0)
+    return alpha
+
+
+def _composite(images: np.ndarray, index: np.ndarray, objects: list[ObjectSpec]) -> None:
+    """Paint ``objects[k]`` over ``images[index[k]]`` in place (float32 images)."""
+    alpha = coverage(objects)[..., None]
+    fg = np.array([COLOURS[o.colour] for o in objects], np.float32)[:, None, None, :]
+    images[index] = images[index] * (1.0 - alpha) + fg * alpha
 
 
 def _paint(specs: Sequence[tuple[str, tuple[ObjectSpec, ...]]]) -> np.ndarray:

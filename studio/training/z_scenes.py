@@ -97,3 +97,14 @@ def scene_specs(
 def render(z: np.ndarray, angles: int = 0) -> np.ndarray:
     """The scenes ``z`` names, rendered: uint8 (N, 64, 64, 3)."""
     return world.render_from_specs(*scene_specs(z, angles))
+
+
+def layer_targets(z: np.ndarray, angles: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a layered generator should draw for ``z``: (background index (N,), object
+    colour index (N,), object coverage (N, 64, 64) float32), indices into
+    ``world.COLOUR_NAMES``; painted together they are ``render(z, angles)``."""
+    backgrounds, objects = scene_specs(z, angles)
+    index = {name: k for k, name in enumerate(world.COLOUR_NAMES)}
+    bg = np.array([index[b] for b in backgrounds], np.int64)
+    colour = np.array([index[o.colour] for o, in objects], np.int64)
+    return bg, colour, world.coverage([o for o, in objects])

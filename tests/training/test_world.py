@@ -148,3 +148,15 @@ def test_palette_is_exact() -> None:
     assert world.COLOURS["red"] == (220, 40, 40)
     assert world.COLOURS["black"] == (25, 25, 25)
     assert len(world.COLOURS) == 8 and len(world.SHAPES) == 4
+
+
+def test_coverage_is_the_alpha_the_renderer_paints() -> None:
+    _, _, scenes = world.render_batch(range(40), tier=1)
+    alpha = world.coverage([s.objects[0] for s in scenes])
+    assert alpha.shape == (40, 64, 64) and alpha.min() >= 0.0 and alpha.max() <= 1.0
+    for scene, a in zip(scenes, alpha, strict=True):
+        obj = scene.objects[0]
+        # Fully covered pixels carry the object's colour, uncovered ones the background's.
+        assert (scene.image[a == 1.0] == world.COLOURS[obj.colour]).all()
+        assert (scene.image[a == 0.0] == world.COLOURS[scene.background]).all()
+        assert a[int(obj.cy), int(obj.cx)] == 1.0

@@ -102,3 +102,16 @@ def test_fixed_angles_are_evenly_spaced_over_each_period() -> None:
 def test_negative_angle_count_is_rejected() -> None:
     with pytest.raises(ValueError, match="angles"):
         z_scenes.scene_specs(np.zeros((1, z_scenes.ANCHOR_DIMS)), angles=-1)
+
+
+def test_layer_targets_paint_the_scene_the_map_names() -> None:
+    z = np.random.default_rng(3).standard_normal((24, 64))
+    for angles in (0, 1):
+        bg, colour, alpha = z_scenes.layer_targets(z, angles)
+        palette = np.array(list(world.COLOURS.values()), np.float32)
+        a = alpha[..., None]
+        painted = palette[bg][:, None, None] * (1 - a) + palette[colour][:, None, None] * a
+        assert np.array_equal(np.clip(np.rint(painted), 0, 255).astype(np.uint8),
+                              z_scenes.render(z, angles))
+        assert alpha.dtype == np.float32 and alpha.min() >= 0.0 and alpha.max() == 1.0
+        assert (bg != colour).all()
