@@ -12,17 +12,16 @@ and Liu et al. show such a stack failing to render even a square at a given
 coordinate; a generator that must draw an object where z puts it needs that map.
 
 ``layered: true`` builds a ``LayeredGenerator``: a scene is a background colour, an
-object colour and the object's coverage, as the renderer paints it. A mapping MLP
-reads z; two linear heads pick each colour by a softmax over the config's
-``palette``, and the DCGAN stack above draws only the one-channel mask. The stack
-then spends its whole width on outlines, where an RGB stack must learn every
-shape again for each of the 56 colour pairs.
+object colour and the object's coverage, as the renderer paints it; the DCGAN stack
+draws only the object's mask, upright and centred, and a spatial transformer places
+it (see the class). It needs ``palette`` (the RGB triples its colour heads choose
+from) and takes ``mapping_width`` and ``template_radius``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -38,6 +37,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "coord_channels": False,
     "layered": False,
     "mapping_width": 256,
+    "template_radius": 24.0,
     "output_range": "-1,1",
 }
 
@@ -86,19 +86,39 @@ class Generator(nn.Module):
         return self.net(z)
 
 
+class Layers(NamedTuple):
+    """What a ``LayeredGenerator`` draws for each z, before it is painted."""
+
+    background: torch.Tensor  # (N, P) logits over the palette
+    colour: torch.Tensor  # (N, P) logits over the palette, the object's
+    pose: torch.Tensor  # (N, 4): centre x, y (-1..1 across the image), radius / template radius, angle
+    template: torch.Tensor  # (N, 1, size, size) mask logits of the upright object, centred
+
+
 class LayeredGenerator(nn.Module):
     """z (N, z_dim) or (N, z_dim, 1, 1) -> image (N, 3, size, size) in [-1, 1], as layers.
 
-    ``layers(z)`` gives the logits the anchored trainer supervises: background and
-    object colour over the palette (N, P) each, and the object mask (N, 1, size, size).
-    ``forward`` paints the softmax-weighted object colour over the softmax-weighted
-    background through the mask's sigmoid, so z still moves the image smoothly.
+    After the layered recursive GAN of Yang et al. (2017): a mapping MLP reads z; two
+    linear heads on its output and z pick the background's and the object's colour by a softmax over the
+    config's palette; a DCGAN stack draws the object's mask upright, centred and at
+    ``template_radius`` pixels; a linear pose head says where it goes, how large and how
+    far turned, and a spatial transformer (Jaderberg et al. 2015) puts it there,
+    sampling at twice the resolution and averaging down, which anti-aliases the edge as
+    the renderer does. The stack then spends its whole width on outlines, where a plain
+    RGB stack must learn every shape again at each place, size, angle and colour pair.
+    ``forward`` paints the softmax-weighted colours through the placed mask, so z still
+    moves the image smoothly.
     """
 
     def __init__(self, z_dim: int, image_size: int, base_channels: int, palette: list,
-                 mapping_width: int = 256, coord_channels: bool = False) -> None:
+                 mapping_width: int = 256, coord_channels: bool = False,
+                 template_radius: float = 24.0) -> None:
         super().__init__()
         self.z_dim = z_dim
+        self.image_size = image_size
+        self.template_radius = float(template_radius)
+        if not 0 < self.template_radius <= image_size / 2:
+            raise ValueError(f"template_radius must be in (0, {image_size / 2}], got {template_radius}")
         colours = torch.tensor(palette, dtype=torch.float32)
         if colours.dim() != 2 or colours.shape[1] != 3 or len(colours) < 2:
             raise ValueError(f"palette must be a list of at least two RGB triples, got {palette!r}")
@@ -106,26 +126,47 @@ class LayeredGenerator(nn.Module):
         self.register_buffer("palette", colours / 127.5 - 1.0, persistent=False)
         self.mapping = nn.Sequential(nn.Linear(z_dim, mapping_width), nn.ReLU(inplace=True),
                                      nn.Linear(mapping_width, mapping_width), nn.ReLU(inplace=True))
-        self.background = nn.Linear(mapping_width, len(colours))
-        self.colour = nn.Linear(mapping_width, len(colours))
-        self.mask = Generator(mapping_width, 1, image_size, base_channels, coord_channels,
-                              tanh=False)
+        # The heads also read z itself: the background is the argmax of a block of z in
+        # the anchored map, which a linear layer on z computes outright.
+        self.background = nn.Linear(mapping_width + z_dim, len(colours))
+        self.colour = nn.Linear(mapping_width + z_dim, len(colours))
+        self.pose = nn.Linear(mapping_width + z_dim, 4)
+        self.template = Generator(mapping_width, 1, image_size, base_channels, coord_channels,
+                                  tanh=False)
 
-    def layers(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        h = self.mapping(z.flatten(1))
-        return self.background(h), self.colour(h), self.mask(h)
+    def layers(self, z: torch.Tensor) -> Layers:
+        z = z.flatten(1)
+        h = self.mapping(z)
+        hz = torch.cat([h, z], 1)
+        return Layers(self.background(hz), self.colour(hz), self.pose(hz), self.template(h))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.compose(*self.layers(z))
+        return self.compose(self.layers(z))
 
-    def compose(self, bg_logits: torch.Tensor, colour_logits: torch.Tensor,
-                mask_logits: torch.Tensor) -> torch.Tensor:
-        """The image that ``layers``' logits paint."""
-        palette = self.palette.to(bg_logits.dtype)
-        bg = (bg_logits.softmax(1) @ palette)[:, :, None, None]
-        fg = (colour_logits.softmax(1) @ palette)[:, :, None, None]
-        alpha = torch.sigmoid(mask_logits)
-        return bg + (fg - bg) * alpha
+    def place(self, template: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """The object's coverage (N, 1, size, size) in [0, 1]: the template's sigmoid,
+        turned, scaled and moved as ``pose`` says."""
+        import torch.nn.functional as F
+
+        tx, ty, scale, angle = pose.float().unbind(1)
+        # Each output point looks up the template at s R(-angle) (point - centre), in the
+        # coordinates affine_grid uses (x right, y down, -1..1 across the image).
+        s = 1.0 / scale.clamp(min=0.05)
+        cos, sin = torch.cos(angle) * s, torch.sin(angle) * s
+        theta = torch.stack([torch.stack([cos, sin, -(cos * tx + sin * ty)], 1),
+                             torch.stack([-sin, cos, sin * tx - cos * ty], 1)], 1)
+        n, size = len(pose), self.image_size
+        grid = F.affine_grid(theta, [n, 1, 2 * size, 2 * size], align_corners=False)
+        alpha = F.grid_sample(torch.sigmoid(template.float()), grid, mode="bilinear",
+                              padding_mode="zeros", align_corners=False)
+        return F.avg_pool2d(alpha, 2)
+
+    def compose(self, layers: Layers) -> torch.Tensor:
+        """The image that ``layers`` paint."""
+        palette = self.palette
+        bg = (layers.background.float().softmax(1) @ palette)[:, :, None, None]
+        fg = (layers.colour.float().softmax(1) @ palette)[:, :, None, None]
+        return bg + (fg - bg) * self.place(layers.template, layers.pose)
 
 
 class CoordConcat(nn.Module):
@@ -188,7 +229,8 @@ def build_generator(config: dict[str, Any]) -> Generator | LayeredGenerator:
             raise ValueError("a layered generator needs its palette (a list of RGB triples)")
         return LayeredGenerator(int(cfg["z_dim"]), int(cfg["image_size"]),
                                 int(cfg["base_channels"]), cfg["palette"],
-                                int(cfg["mapping_width"]), bool(cfg["coord_channels"]))
+                                int(cfg["mapping_width"]), bool(cfg["coord_channels"]),
+                                float(cfg["template_radius"]))
     return Generator(int(cfg["z_dim"]), int(cfg["channels"]), int(cfg["image_size"]),
                      int(cfg["base_channels"]), bool(cfg["coord_channels"]))
 

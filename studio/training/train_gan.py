@@ -70,6 +70,8 @@ OBJECT_WEIGHT = 4.0
 # Pixels either side of an object's outline that --anchor-outline weights up: a disc
 # and a triangle or star of the same area differ within about this distance of it.
 OUTLINE_BAND = 3
+# The pose is a few numbers near 1 that must come out within about a pixel (1/32).
+POSE_WEIGHT = 10.0
 # Seeds (seed, step) draw the training batches; this stream lies beyond any step.
 FEATURE_SCALE_STREAM = 2**40
 
@@ -172,26 +174,35 @@ def anchor_loss(fake, z, angles: int = 0, outline: float = 0.0):
     return error.mean() / weight.mean()
 
 
-def layered_anchor_loss(layers, z, angles: int = 0, outline: float = 0.0):
-    """The anchor for a ``LayeredGenerator``'s ``layers(z)``: cross-entropy on the two
-    colours the map names, plus binary cross-entropy of the mask against the object's
-    coverage, object pixels (and, with ``outline``, the outline band) weighted up as in
-    ``anchor_loss``."""
+def layered_anchor_loss(gen, layers, z, angles: int = 0, outline: float = 0.0):
+    """The anchor for a ``LayeredGenerator``'s ``layers(z)``, term by term against the
+    scene the map names: cross-entropy on the two colours, squared error on the pose,
+    binary cross-entropy of the template against the upright object and of the placed
+    mask against the object's coverage, object pixels (and, with ``outline``, the
+    outline band) weighted up as in ``anchor_loss``."""
     import torch
     import torch.nn.functional as F
 
-    bg_logits, colour_logits, mask_logits = (t.float() for t in layers)
-    bg, colour, alpha = z_scenes.layer_targets(z.cpu().numpy(), angles)
-    device = mask_logits.device
-    alpha = torch.from_numpy(alpha).to(device)[:, None]
-    inside = (alpha > 0).float()
-    weight = 1.0 + OBJECT_WEIGHT * inside
-    if outline:
-        weight = weight + outline * outline_band(inside)
-    mask = F.binary_cross_entropy_with_logits(mask_logits, alpha, weight=weight,
-                                              reduction="sum") / weight.sum()
-    return (F.cross_entropy(bg_logits, torch.from_numpy(bg).to(device))
-            + F.cross_entropy(colour_logits, torch.from_numpy(colour).to(device)) + mask)
+    target = z_scenes.layer_targets(z.cpu().numpy(), angles, gen.template_radius)
+    device = layers.pose.device
+
+    def tensor(array):
+        return torch.from_numpy(array).to(device)
+
+    def mask_loss(predicted, alpha, logits: bool):
+        inside = (alpha > 0).float()
+        weight = 1.0 + OBJECT_WEIGHT * inside
+        if outline:
+            weight = weight + outline * outline_band(inside)
+        bce = F.binary_cross_entropy_with_logits if logits else F.binary_cross_entropy
+        return bce(predicted, alpha, weight=weight, reduction="sum") / weight.sum()
+
+    placed = gen.place(layers.template, layers.pose).clamp(1e-6, 1 - 1e-6)
+    return (F.cross_entropy(layers.background.float(), tensor(target.background))
+            + F.cross_entropy(layers.colour.float(), tensor(target.colour))
+            + POSE_WEIGHT * F.mse_loss(layers.pose.float(), tensor(target.pose))
+            + mask_loss(layers.template.float(), tensor(target.template)[:, None], True)
+            + mask_loss(placed, tensor(target.alpha)[:, None], False))
 
 
 def sample(gen, n: int, z_dim: int, seed: int = 0):
@@ -281,7 +292,7 @@ def train(args: argparse.Namespace) -> None:
         with autocast(args.device, args.precision):
             if layered:
                 layers = gen.layers(z)
-                fake = gen.compose(*layers)
+                fake = gen.compose(layers)
             else:
                 fake = gen(z)
         g_loss = fake.new_zeros((), dtype=torch.float32)
@@ -298,7 +309,7 @@ def train(args: argparse.Namespace) -> None:
             extra["d"] = d_loss.item()
         if args.anchor:
             if layered:
-                tie = layered_anchor_loss(layers, z, args.anchor_angles, args.anchor_outline)
+                tie = layered_anchor_loss(gen, layers, z, args.anchor_angles, args.anchor_outline)
             else:
                 tie = anchor_loss(fake.float(), z, args.anchor_angles, args.anchor_outline)
             extra["anchor"] = tie.item()

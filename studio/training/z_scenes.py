@@ -29,7 +29,9 @@ remaining coordinates are free.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -99,12 +101,27 @@ def render(z: np.ndarray, angles: int = 0) -> np.ndarray:
     return world.render_from_specs(*scene_specs(z, angles))
 
 
-def layer_targets(z: np.ndarray, angles: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What a layered generator should draw for ``z``: (background index (N,), object
-    colour index (N,), object coverage (N, 64, 64) float32), indices into
-    ``world.COLOUR_NAMES``; painted together they are ``render(z, angles)``."""
+class LayerTargets(NamedTuple):
+    """What a layered generator should draw for a batch of z (indices into
+    ``world.COLOUR_NAMES``; painted together, ``alpha`` and the colours are ``render``)."""
+
+    background: np.ndarray  # (N,) int64
+    colour: np.ndarray  # (N,) int64
+    alpha: np.ndarray  # (N, 64, 64) float32: the object's coverage where the map puts it
+    template: np.ndarray  # (N, 64, 64) float32: the same object upright, centred, template_radius
+    pose: np.ndarray  # (N, 4) float32: centre x, y (-1..1), radius / template_radius, angle
+
+
+def layer_targets(z: np.ndarray, angles: int = 0, template_radius: float = 24.0) -> LayerTargets:
+    """The layers of the scenes ``z`` names (see ``LayerTargets``)."""
     backgrounds, objects = scene_specs(z, angles)
+    objs = [o for o, in objects]
     index = {name: k for k, name in enumerate(world.COLOUR_NAMES)}
-    bg = np.array([index[b] for b in backgrounds], np.int64)
-    colour = np.array([index[o.colour] for o, in objects], np.int64)
-    return bg, colour, world.coverage([o for o, in objects])
+    half = world.IMAGE_SIZE / 2
+    upright = [dataclasses.replace(o, cx=half, cy=half, radius=template_radius, angle=0.0)
+               for o in objs]
+    pose = np.array([((o.cx - half) / half, (o.cy - half) / half, o.radius / template_radius,
+                      o.angle) for o in objs], np.float32).reshape(-1, 4)
+    return LayerTargets(np.array([index[b] for b in backgrounds], np.int64),
+                        np.array([index[o.colour] for o in objs], np.int64),
+                        world.coverage(objs), world.coverage(upright), pose)

@@ -353,29 +353,44 @@ def _layered_config(**extra):
                  "palette": [list(rgb) for rgb in world.COLOURS.values()]}, **extra)
 
 
-def test_layered_generator_paints_palette_colours_through_its_mask():
-    gen = build_generator(_layered_config()).eval()
+def _true_layers(z):
+    """The layers a perfect layered generator would give for z (z_scenes' targets)."""
+    from studio.training.gan_model import Layers
+
+    target = z_scenes.layer_targets(z.numpy())
+
+    def sure(index):
+        return torch.nn.functional.one_hot(torch.from_numpy(index), 8) * 60.0 - 30.0
+
+    template = torch.from_numpy(target.template)[:, None].clamp(1e-6, 1 - 1e-6)
+    return Layers(sure(target.background), sure(target.colour), torch.from_numpy(target.pose),
+                  torch.logit(template))
+
+
+def test_layered_generator_places_its_template_where_the_pose_says():
+    gen = build_generator(_layered_config(z_dim=64)).eval()
     assert "palette" not in gen.state_dict()  # a fixed table from the config, not a weight
-    z = torch.randn(5, 32)
+    z = torch.randn(5, 64)
     with torch.no_grad():
-        bg, colour, mask = gen.layers(z)
+        layers = gen.layers(z)
         image = gen(z)
         assert torch.equal(image, gen(z[:, :, None, None]))
-    assert bg.shape == colour.shape == (5, 8) and mask.shape == (5, 1, 64, 64)
+    assert layers.background.shape == layers.colour.shape == (5, 8)
+    assert layers.pose.shape == (5, 4) and layers.template.shape == (5, 1, 64, 64)
     assert image.shape == (5, 3, 64, 64) and float(image.abs().max()) <= 1.0
-    # Sure logits paint exact palette colours: red (0) on blue (4) inside, blue outside.
-    sure = torch.full((1, 8), -50.0)
-    bg_logits, colour_logits = sure.clone(), sure.clone()
-    bg_logits[0, 4] = colour_logits[0, 0] = 50.0
-    mask_logits = torch.full((1, 1, 64, 64), -50.0)
-    mask_logits[..., :32] = 50.0
-    rgb = ((gen.compose(bg_logits, colour_logits, mask_logits) + 1) * 127.5).round()
-    assert rgb[0, :, 0, 0].tolist() == [220, 40, 40]
-    assert rgb[0, :, 0, 63].tolist() == [40, 90, 220]
+    # Perfect layers paint the rendered scene: the same pixels but for a rim of edge
+    # pixels, where the transformer's 2x2 samples and the renderer's distance differ.
+    z = torch.randn(40, 64)
+    with torch.no_grad():
+        painted = ((gen.compose(_true_layers(z)) + 1) * 127.5).round().permute(0, 2, 3, 1)
+    rendered = torch.from_numpy(z_scenes.render(z.numpy())).float()
+    diff = (painted - rendered).abs().amax(-1)
+    assert float((diff <= 2).float().mean()) > 0.95
+    assert float(diff.mean()) < 3.0
 
 
 @pytest.mark.parametrize("bad", [{"palette": [[1, 2]]}, {"palette": [[1, 2, 3]]},
-                                 {"palette": None}, {"channels": 1}])
+                                 {"palette": None}, {"channels": 1}, {"template_radius": 40}])
 def test_layered_generator_rejects_bad_configs(bad):
     config = _layered_config(**bad)
     if bad == {"palette": None}:
@@ -385,22 +400,20 @@ def test_layered_generator_rejects_bad_configs(bad):
 
 
 def test_layered_anchor_loss_is_low_for_the_named_scene_and_trains_the_generator():
+    from studio.training.gan_model import Layers
     from studio.training.train_gan import layered_anchor_loss
 
-    z = torch.randn(6, 64)
-    bg, colour, alpha = z_scenes.layer_targets(z.numpy())
-    right = (torch.nn.functional.one_hot(torch.from_numpy(bg), 8) * 40.0 - 20.0,
-             torch.nn.functional.one_hot(torch.from_numpy(colour), 8) * 40.0 - 20.0,
-             torch.logit(torch.from_numpy(alpha)[:, None].clamp(1e-4, 1 - 1e-4)))
-    wrong = (right[1], right[0], -right[2])
-    assert float(layered_anchor_loss(right, z)) < 0.1 < float(layered_anchor_loss(wrong, z))
-
     gen = build_generator(_layered_config(z_dim=64))
+    z = torch.randn(6, 64)
+    right = _true_layers(z)
+    wrong = Layers(right.colour, right.background, right.pose.flip(0), -right.template)
+    assert float(layered_anchor_loss(gen, right, z)) < 0.3 < float(layered_anchor_loss(gen, wrong, z))
+
     opt = torch.optim.Adam(gen.parameters(), lr=3e-3)
     z = torch.randn(16, 64)
     losses = []
     for _ in range(30):
-        loss = layered_anchor_loss(gen.layers(z), z)
+        loss = layered_anchor_loss(gen, gen.layers(z), z)
         opt.zero_grad()
         loss.backward()
         opt.step()

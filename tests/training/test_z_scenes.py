@@ -106,12 +106,20 @@ def test_negative_angle_count_is_rejected() -> None:
 
 def test_layer_targets_paint_the_scene_the_map_names() -> None:
     z = np.random.default_rng(3).standard_normal((24, 64))
+    palette = np.array(list(world.COLOURS.values()), np.float32)
     for angles in (0, 1):
-        bg, colour, alpha = z_scenes.layer_targets(z, angles)
-        palette = np.array(list(world.COLOURS.values()), np.float32)
-        a = alpha[..., None]
-        painted = palette[bg][:, None, None] * (1 - a) + palette[colour][:, None, None] * a
+        target = z_scenes.layer_targets(z, angles, template_radius=20.0)
+        a = target.alpha[..., None]
+        painted = (palette[target.background][:, None, None] * (1 - a)
+                   + palette[target.colour][:, None, None] * a)
         assert np.array_equal(np.clip(np.rint(painted), 0, 255).astype(np.uint8),
                               z_scenes.render(z, angles))
-        assert alpha.dtype == np.float32 and alpha.min() >= 0.0 and alpha.max() == 1.0
-        assert (bg != colour).all()
+        assert (target.background != target.colour).all()
+        _, objects = z_scenes.scene_specs(z, angles)
+        for (obj,), pose, template in zip(objects, target.pose, target.template, strict=True):
+            assert pose[:2] == pytest.approx([(obj.cx - 32) / 32, (obj.cy - 32) / 32], abs=1e-6)
+            assert pose[2:] == pytest.approx([obj.radius / 20.0, obj.angle], abs=1e-6)
+            # The template is the same shape upright, at the centre, 20 px across its radius.
+            assert template[32, 32] == 1.0 and template[32, 32 + 21] == 0.0
+        if angles == 1:
+            assert (target.pose[:, 3] == 0).all()
