@@ -38,6 +38,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "layered": False,
     "mapping_width": 256,
     "template_radius": 24.0,
+    "shapes": 4,
     "output_range": "-1,1",
 }
 
@@ -91,6 +92,7 @@ class Layers(NamedTuple):
 
     background: torch.Tensor  # (N, P) logits over the palette
     colour: torch.Tensor  # (N, P) logits over the palette, the object's
+    shape: torch.Tensor  # (N, S) logits over the templates
     pose: torch.Tensor  # (N, 4): centre x, y (-1..1 across the image), radius / template radius, angle
     template: torch.Tensor  # (N, 1, size, size) mask logits of the upright object, centred
 
@@ -99,8 +101,9 @@ class LayeredGenerator(nn.Module):
     """z (N, z_dim) or (N, z_dim, 1, 1) -> image (N, 3, size, size) in [-1, 1], as layers.
 
     After the layered recursive GAN of Yang et al. (2017): a mapping MLP reads z; two
-    linear heads on its output and z pick the background's and the object's colour by a softmax over the
-    config's palette; a DCGAN stack draws the object's mask upright, centred and at
+    linear heads on its output and z pick the background's and the object's colour by a
+    softmax over the config's palette, a third picks one of ``shapes`` templates; a DCGAN
+    stack reads that choice and draws the object's mask upright, centred and at
     ``template_radius`` pixels; a linear pose head says where it goes, how large and how
     far turned, and a spatial transformer (Jaderberg et al. 2015) puts it there,
     sampling at twice the resolution and averaging down, which anti-aliases the edge as
@@ -112,7 +115,7 @@ class LayeredGenerator(nn.Module):
 
     def __init__(self, z_dim: int, image_size: int, base_channels: int, palette: list,
                  mapping_width: int = 256, coord_channels: bool = False,
-                 template_radius: float = 24.0) -> None:
+                 template_radius: float = 24.0, shapes: int = 4) -> None:
         super().__init__()
         self.z_dim = z_dim
         self.image_size = image_size
@@ -130,15 +133,25 @@ class LayeredGenerator(nn.Module):
         # the anchored map, which a linear layer on z computes outright.
         self.background = nn.Linear(mapping_width + z_dim, len(colours))
         self.colour = nn.Linear(mapping_width + z_dim, len(colours))
+        self.shape = nn.Linear(mapping_width + z_dim, shapes)
         self.pose = nn.Linear(mapping_width + z_dim, 4)
-        self.template = Generator(mapping_width, 1, image_size, base_channels, coord_channels,
+        # The stack reads only the shape head's softmax: the upright outline depends on
+        # the shape alone, and nothing else in z can leak into it as noise.
+        self.template = Generator(shapes, 1, image_size, base_channels, coord_channels,
                                   tanh=False)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The linear heads' parameters (the trainer gives them a larger learning rate)."""
+        return [p for head in (self.background, self.colour, self.shape, self.pose)
+                for p in head.parameters()]
 
     def layers(self, z: torch.Tensor) -> Layers:
         z = z.flatten(1)
         h = self.mapping(z)
         hz = torch.cat([h, z], 1)
-        return Layers(self.background(hz), self.colour(hz), self.pose(hz), self.template(h))
+        shape = self.shape(hz)
+        return Layers(self.background(hz), self.colour(hz), shape, self.pose(hz),
+                      self.template(shape.softmax(1)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.compose(self.layers(z))
@@ -230,7 +243,7 @@ def build_generator(config: dict[str, Any]) -> Generator | LayeredGenerator:
         return LayeredGenerator(int(cfg["z_dim"]), int(cfg["image_size"]),
                                 int(cfg["base_channels"]), cfg["palette"],
                                 int(cfg["mapping_width"]), bool(cfg["coord_channels"]),
-                                float(cfg["template_radius"]))
+                                float(cfg["template_radius"]), int(cfg["shapes"]))
     return Generator(int(cfg["z_dim"]), int(cfg["channels"]), int(cfg["image_size"]),
                      int(cfg["base_channels"]), bool(cfg["coord_channels"]))
 

@@ -70,6 +70,10 @@ OBJECT_WEIGHT = 4.0
 # Pixels either side of an object's outline that --anchor-outline weights up: a disc
 # and a triangle or star of the same area differ within about this distance of it.
 OUTLINE_BAND = 3
+# A layered generator's linear heads learn this many times faster than the rest: a
+# softmax over the palette must grow its logits' margin to about 10 before it paints one
+# exact colour, and Adam moves each weight by about one learning rate a step.
+HEAD_LR_SCALE = 10.0
 # The pose is a few numbers near 1 that must come out within about a pixel (1/32).
 POSE_WEIGHT = 10.0
 # Seeds (seed, step) draw the training batches; this stream lies beyond any step.
@@ -176,7 +180,7 @@ def anchor_loss(fake, z, angles: int = 0, outline: float = 0.0):
 
 def layered_anchor_loss(gen, layers, z, angles: int = 0, outline: float = 0.0):
     """The anchor for a ``LayeredGenerator``'s ``layers(z)``, term by term against the
-    scene the map names: cross-entropy on the two colours, squared error on the pose,
+    scene the map names: cross-entropy on the two colours and the shape, squared error on the pose,
     binary cross-entropy of the template against the upright object and of the placed
     mask against the object's coverage, object pixels (and, with ``outline``, the
     outline band) weighted up as in ``anchor_loss``."""
@@ -200,6 +204,7 @@ def layered_anchor_loss(gen, layers, z, angles: int = 0, outline: float = 0.0):
     placed = gen.place(layers.template, layers.pose).clamp(1e-6, 1 - 1e-6)
     return (F.cross_entropy(layers.background.float(), tensor(target.background))
             + F.cross_entropy(layers.colour.float(), tensor(target.colour))
+            + F.cross_entropy(layers.shape.float(), tensor(target.shape))
             + POSE_WEIGHT * F.mse_loss(layers.pose.float(), tensor(target.pose))
             + mask_loss(layers.template.float(), tensor(target.template)[:, None], True)
             + mask_loss(placed, tensor(target.alpha)[:, None], False))
@@ -270,7 +275,13 @@ def train(args: argparse.Namespace) -> None:
     ema = copy.deepcopy(gen).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=args.lr_g, betas=(0.5, 0.999))
+    if layered:
+        heads = {id(p) for p in gen.head_parameters()}
+        groups = [{"params": [p for p in gen.parameters() if id(p) not in heads], "scale": 1.0},
+                  {"params": gen.head_parameters(), "scale": HEAD_LR_SCALE}]
+    else:
+        groups = [{"params": list(gen.parameters()), "scale": 1.0}]
+    opt_g = torch.optim.Adam(groups, lr=args.lr_g, betas=(0.5, 0.999))
     disc_params = [p for p in disc.parameters() if p.requires_grad]
     opt_d = torch.optim.Adam(disc_params, lr=args.lr_d, betas=(0.5, 0.999))
     modules = {"gen": gen, "disc": disc, "ema": ema}
@@ -287,7 +298,7 @@ def train(args: argparse.Namespace) -> None:
         for opt, lr, warmup in ((opt_g, args.lr_g, g_warmup), (opt_d, args.lr_d, 1)):
             scale = cosine_lr(step, args.steps, 1.0, warmup, budget.progress(step))
             for group in opt.param_groups:
-                group["lr"] = lr * scale
+                group["lr"] = lr * scale * group.get("scale", 1.0)
         z = torch.randn(args.batch_size, z_dim, device=device)
         with autocast(args.device, args.precision):
             if layered:

@@ -107,6 +107,7 @@ class LayerTargets(NamedTuple):
 
     background: np.ndarray  # (N,) int64
     colour: np.ndarray  # (N,) int64
+    shape: np.ndarray  # (N,) int64, index into world.SHAPES
     alpha: np.ndarray  # (N, 64, 64) float32: the object's coverage where the map puts it
     template: np.ndarray  # (N, 64, 64) float32: the same object upright, centred, template_radius
     pose: np.ndarray  # (N, 4) float32: centre x, y (-1..1), radius / template_radius, angle
@@ -124,4 +125,5 @@ def layer_targets(z: np.ndarray, angles: int = 0, template_radius: float = 24.0)
                       o.angle) for o in objs], np.float32).reshape(-1, 4)
     return LayerTargets(np.array([index[b] for b in backgrounds], np.int64),
                         np.array([index[o.colour] for o in objs], np.int64),
+                        np.array([world.SHAPES.index(o.shape) for o in objs], np.int64),
                         world.coverage(objs), world.coverage(upright), pose)

@@ -359,12 +359,12 @@ def _true_layers(z):
 
     target = z_scenes.layer_targets(z.numpy())
 
-    def sure(index):
-        return torch.nn.functional.one_hot(torch.from_numpy(index), 8) * 60.0 - 30.0
+    def sure(index, classes):
+        return torch.nn.functional.one_hot(torch.from_numpy(index), classes) * 60.0 - 30.0
 
     template = torch.from_numpy(target.template)[:, None].clamp(1e-6, 1 - 1e-6)
-    return Layers(sure(target.background), sure(target.colour), torch.from_numpy(target.pose),
-                  torch.logit(template))
+    return Layers(sure(target.background, 8), sure(target.colour, 8), sure(target.shape, 4),
+                  torch.from_numpy(target.pose), torch.logit(template))
 
 
 def test_layered_generator_places_its_template_where_the_pose_says():
@@ -376,7 +376,11 @@ def test_layered_generator_places_its_template_where_the_pose_says():
         image = gen(z)
         assert torch.equal(image, gen(z[:, :, None, None]))
     assert layers.background.shape == layers.colour.shape == (5, 8)
-    assert layers.pose.shape == (5, 4) and layers.template.shape == (5, 1, 64, 64)
+    assert layers.shape.shape == (5, 4) and layers.pose.shape == (5, 4)
+    assert layers.template.shape == (5, 1, 64, 64)
+    # The template reads the shape head alone: two z with one shape draw one outline.
+    with torch.no_grad():
+        assert torch.equal(gen.template(layers.shape[:1].softmax(1)), layers.template[:1])
     assert image.shape == (5, 3, 64, 64) and float(image.abs().max()) <= 1.0
     # Perfect layers paint the rendered scene: the same pixels but for a rim of edge
     # pixels, where the transformer's 2x2 samples and the renderer's distance differ.
@@ -406,7 +410,8 @@ def test_layered_anchor_loss_is_low_for_the_named_scene_and_trains_the_generator
     gen = build_generator(_layered_config(z_dim=64))
     z = torch.randn(6, 64)
     right = _true_layers(z)
-    wrong = Layers(right.colour, right.background, right.pose.flip(0), -right.template)
+    wrong = Layers(right.colour, right.background, -right.shape, right.pose.flip(0),
+                   -right.template)
     assert float(layered_anchor_loss(gen, right, z)) < 0.3 < float(layered_anchor_loss(gen, wrong, z))
 
     opt = torch.optim.Adam(gen.parameters(), lr=3e-3)

@@ -116,9 +116,11 @@ def test_layer_targets_paint_the_scene_the_map_names() -> None:
                               z_scenes.render(z, angles))
         assert (target.background != target.colour).all()
         _, objects = z_scenes.scene_specs(z, angles)
-        for (obj,), pose, template in zip(objects, target.pose, target.template, strict=True):
+        for (obj,), shape, pose, template in zip(objects, target.shape, target.pose,
+                                                 target.template, strict=True):
             assert pose[:2] == pytest.approx([(obj.cx - 32) / 32, (obj.cy - 32) / 32], abs=1e-6)
             assert pose[2:] == pytest.approx([obj.radius / 20.0, obj.angle], abs=1e-6)
+            assert world.SHAPES[shape] == obj.shape
             # The template is the same shape upright, at the centre, 20 px across its radius.
             assert template[32, 32] == 1.0 and template[32, 32 + 21] == 0.0
         if angles == 1:
