@@ -10,6 +10,7 @@ from studio.core.engine import CallJob, Engine
 from studio.core.errors import UserError
 from studio.core.gan import (
     DirectionSet,
+    early_layer,
     load_directions,
     load_generator,
     save_directions,
@@ -139,6 +140,24 @@ def test_pca_directions_edit_the_sample_and_round_trip_json(engine, gan, tmp_pat
     (tmp_path / "bad.json").write_text("{\"directions\": 3}")
     with pytest.raises(UserError, match="not a saved set"):
         load_directions(tmp_path / "bad.json")
+
+
+def test_layered_generator_samples_and_its_directions_read_the_mapping(engine, tmp_path):
+    from studio.training import world
+
+    palette = [list(rgb) for rgb in world.COLOURS.values()]
+    model = str(make_dcgan(tmp_path / "layered", layered=True, palette=palette, mapping_width=16,
+                           template_radius=6.0))
+    page = engine.run(GanSample(model=model, seeds=(0, 1, 2)))
+    assert page.frames[0].shape == (16, 16, 3) and not np.array_equal(page.frames[0], page.frames[1])
+    # The early layer GANSpace reads is the mapping MLP's first activation.
+    module = load_generator(model).module
+    assert early_layer(module) is module.mapping[1]
+    dirs = engine.run(GanDirections(model=model, source="activations", count=2, samples=300))
+    assert len(dirs.vectors) == 2 and len(dirs.vectors[0]) == 8
+    moved = engine.run(GanEdit(model=model, seed=1, directions=dirs.vectors, stds=dirs.stds,
+                               amounts=(3, 0)))
+    assert not np.array_equal(moved.image, page.frames[1])
 
 
 def test_torchscript_generator_with_metadata(engine, tmp_path):
