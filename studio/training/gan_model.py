@@ -87,6 +87,10 @@ class Generator(nn.Module):
         return self.net(z)
 
 
+# Logit units by which a layered generator's object colour avoids the background's.
+EXCLUSION = 20.0
+
+
 class Layers(NamedTuple):
     """What a ``LayeredGenerator`` draws for each z, before it is painted."""
 
@@ -135,6 +139,11 @@ class LayeredGenerator(nn.Module):
         self.colour = nn.Linear(mapping_width + z_dim, len(colours))
         self.shape = nn.Linear(mapping_width + z_dim, shapes)
         self.pose = nn.Linear(mapping_width + z_dim, 4)
+        # Log-gains of the background, colour and shape logits: one exact colour needs a
+        # logit margin of about 10 even where z lies near the edge of its region, and a
+        # learnt gain gets there in a few hundred steps, where each weight alone would
+        # take thousands.
+        self.sharpness = nn.Parameter(torch.zeros(3))
         # The stack reads only the shape head's softmax: the upright outline depends on
         # the shape alone, and nothing else in z can leak into it as noise.
         self.template = Generator(shapes, 1, image_size, base_channels, coord_channels,
@@ -142,16 +151,20 @@ class LayeredGenerator(nn.Module):
 
     def head_parameters(self) -> list[nn.Parameter]:
         """The linear heads' parameters (the trainer gives them a larger learning rate)."""
-        return [p for head in (self.background, self.colour, self.shape, self.pose)
-                for p in head.parameters()]
+        return [*(p for head in (self.background, self.colour, self.shape, self.pose)
+                  for p in head.parameters()), self.sharpness]
 
     def layers(self, z: torch.Tensor) -> Layers:
         z = z.flatten(1)
         h = self.mapping(z)
         hz = torch.cat([h, z], 1)
-        shape = self.shape(hz)
-        return Layers(self.background(hz), self.colour(hz), shape, self.pose(hz),
-                      self.template(shape.softmax(1)))
+        gain = self.sharpness.exp()
+        background = self.background(hz) * gain[0]
+        # The object never takes the background's colour: that colour's logit is pushed
+        # down by as much as the background is sure of it.
+        colour = self.colour(hz) * gain[1] - EXCLUSION * background.softmax(1)
+        shape = self.shape(hz) * gain[2]
+        return Layers(background, colour, shape, self.pose(hz), self.template(shape.softmax(1)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.compose(self.layers(z))

@@ -201,7 +201,9 @@ def layered_anchor_loss(gen, layers, z, angles: int = 0, outline: float = 0.0):
         bce = F.binary_cross_entropy_with_logits if logits else F.binary_cross_entropy
         return bce(predicted, alpha, weight=weight, reduction="sum") / weight.sum()
 
-    placed = gen.place(layers.template, layers.pose).clamp(1e-6, 1 - 1e-6)
+    # The placed mask teaches the pose only: through the template it would teach a blurred
+    # outline, which loses less where the pose is still off.
+    placed = gen.place(layers.template.detach(), layers.pose).clamp(1e-6, 1 - 1e-6)
     return (F.cross_entropy(layers.background.float(), tensor(target.background))
             + F.cross_entropy(layers.colour.float(), tensor(target.colour))
             + F.cross_entropy(layers.shape.float(), tensor(target.shape))
