@@ -13,6 +13,12 @@ term of pix2pix): the generator keeps a region of z for every shape, colour and
 background from the first step, and the discriminator still judges every sample
 against real scenes, including those between two regions.
 
+``--layered`` trains a ``gan_model.LayeredGenerator`` (background and object colour,
+shape, pose and an upright template, placed by a spatial transformer). With
+``--anchor`` each of those layers is tied to what the map names for z
+(``layered_anchor_loss``): the bundled shapes-gan is that generator, trained on the
+anchor alone (``--adversarial 0``).
+
 ``--init-from FOLDER`` continues a finished generator (a ``config.json`` +
 ``model.safetensors`` folder such as ``models/shapes-gan``) against a fresh
 discriminator: the finished folder keeps only the averaged generator, not the
