@@ -166,6 +166,15 @@ def outline_band(mask):
     return grown - shrunk
 
 
+def object_weight(mask, outline: float = 0.0):
+    """Per-pixel anchor weight for an object mask (N, 1, H, W) of 0s and 1s: object
+    pixels count 1 + OBJECT_WEIGHT times, and ``outline`` more in the outline band."""
+    weight = 1.0 + OBJECT_WEIGHT * mask
+    if outline:
+        weight = weight + outline * outline_band(mask)
+    return weight
+
+
 def anchor_loss(fake, z, angles: int = 0, outline: float = 0.0):
     """L1 distance from ``fake`` to the scenes ``z_scenes`` names for ``z``, objects weighted up.
 
@@ -177,9 +186,7 @@ def anchor_loss(fake, z, angles: int = 0, outline: float = 0.0):
     images = z_scenes.render(z.cpu().numpy(), angles)
     # Every scene's top-left pixel is background (no object reaches a corner).
     mask = torch.from_numpy((images != images[:, :1, :1, :]).any(-1)).to(fake.device, fake.dtype)[:, None]
-    weight = 1.0 + OBJECT_WEIGHT * mask
-    if outline:
-        weight = weight + outline * outline_band(mask)
+    weight = object_weight(mask, outline)
     error = (fake - to_tensor(images).to(fake.device)).abs() * weight
     return error.mean() / weight.mean()
 
@@ -200,10 +207,7 @@ def layered_anchor_loss(gen, layers, z, angles: int = 0, outline: float = 0.0):
         return torch.from_numpy(array).to(device)
 
     def mask_loss(predicted, alpha, logits: bool):
-        inside = (alpha > 0).float()
-        weight = 1.0 + OBJECT_WEIGHT * inside
-        if outline:
-            weight = weight + outline * outline_band(inside)
+        weight = object_weight((alpha > 0).float(), outline)
         bce = F.binary_cross_entropy_with_logits if logits else F.binary_cross_entropy
         return bce(predicted, alpha, weight=weight, reduction="sum") / weight.sum()
 

@@ -29,8 +29,8 @@ remaining coordinates are free.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import math
+from functools import cache
 from typing import NamedTuple
 
 import numpy as np
@@ -113,17 +113,26 @@ class LayerTargets(NamedTuple):
     pose: np.ndarray  # (N, 4) float32: centre x, y (-1..1), radius / template_radius, angle
 
 
+@cache
+def upright_templates(template_radius: float) -> np.ndarray:
+    """Each of ``world.SHAPES`` upright at the image centre, ``template_radius`` across:
+    its coverage, (len(SHAPES), 64, 64) float32. Read-only (cached)."""
+    half = world.IMAGE_SIZE / 2
+    alpha = world.coverage([world.ObjectSpec(shape, world.COLOUR_NAMES[0], "", "", half, half,
+                                             template_radius, 0.0) for shape in world.SHAPES])
+    alpha.flags.writeable = False
+    return alpha
+
+
 def layer_targets(z: np.ndarray, angles: int = 0, template_radius: float = 24.0) -> LayerTargets:
     """The layers of the scenes ``z`` names (see ``LayerTargets``)."""
     backgrounds, objects = scene_specs(z, angles)
     objs = [o for o, in objects]
-    index = {name: k for k, name in enumerate(world.COLOUR_NAMES)}
     half = world.IMAGE_SIZE / 2
-    upright = [dataclasses.replace(o, cx=half, cy=half, radius=template_radius, angle=0.0)
-               for o in objs]
+    shapes = np.array([world.SHAPES.index(o.shape) for o in objs], np.int64)
     pose = np.array([((o.cx - half) / half, (o.cy - half) / half, o.radius / template_radius,
                       o.angle) for o in objs], np.float32).reshape(-1, 4)
-    return LayerTargets(np.array([index[b] for b in backgrounds], np.int64),
-                        np.array([index[o.colour] for o in objs], np.int64),
-                        np.array([world.SHAPES.index(o.shape) for o in objs], np.int64),
-                        world.coverage(objs), world.coverage(upright), pose)
+    return LayerTargets(np.array([world.COLOUR_NAMES.index(b) for b in backgrounds], np.int64),
+                        np.array([world.COLOUR_NAMES.index(o.colour) for o in objs], np.int64),
+                        shapes, world.coverage(objs),
+                        upright_templates(float(template_radius))[shapes], pose)
