@@ -15,7 +15,7 @@ coordinate; a generator that must draw an object where z puts it needs that map.
 object colour and the object's coverage, as the renderer paints it; the DCGAN stack
 draws only the object's mask, upright and centred, and a spatial transformer places
 it (see the class). It needs ``palette`` (the RGB triples its colour heads choose
-from) and takes ``mapping_width`` and ``template_radius``.
+from) and takes ``mapping_width``, ``template_radius`` and ``choice_temperature``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "mapping_width": 256,
     "template_radius": 24.0,
     "shapes": 4,
+    "choice_temperature": 1.0,
     "output_range": "-1,1",
 }
 
@@ -115,12 +116,24 @@ class LayeredGenerator(nn.Module):
     RGB stack must learn every shape again at each place, size, angle and colour pair.
     ``forward`` paints the softmax-weighted colours through the placed mask, so z still
     moves the image smoothly.
+
+    ``choice_temperature`` T divides the choice logits where they paint (the colours
+    and the template's input), not where the trainer scores them: a softmax trained
+    by cross-entropy on a hard target stays calibrated, so z near the edge of a
+    colour's region gets a blend of two palette colours, which no scene has. T < 1
+    narrows those edges at sampling time, as StyleGAN's truncation trades variety
+    for fidelity, but without losing any class: the argmax of each choice is the
+    same at every T.
     """
 
     def __init__(self, z_dim: int, image_size: int, base_channels: int, palette: list,
                  mapping_width: int = 256, coord_channels: bool = False,
-                 template_radius: float = 24.0, shapes: int = 4) -> None:
+                 template_radius: float = 24.0, shapes: int = 4,
+                 choice_temperature: float = 1.0) -> None:
         super().__init__()
+        if not choice_temperature > 0:
+            raise ValueError(f"choice_temperature must be positive, got {choice_temperature}")
+        self.choice_temperature = float(choice_temperature)
         self.z_dim = z_dim
         self.image_size = image_size
         self.template_radius = float(template_radius)
@@ -164,7 +177,8 @@ class LayeredGenerator(nn.Module):
         # down by as much as the background is sure of it.
         colour = self.colour(hz) * gain[1] - EXCLUSION * background.softmax(1)
         shape = self.shape(hz) * gain[2]
-        return Layers(background, colour, shape, self.pose(hz), self.template(shape.softmax(1)))
+        template = self.template((shape / self.choice_temperature).softmax(1))
+        return Layers(background, colour, shape, self.pose(hz), template)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.compose(self.layers(z))
@@ -189,9 +203,9 @@ class LayeredGenerator(nn.Module):
 
     def compose(self, layers: Layers) -> torch.Tensor:
         """The image that ``layers`` paint."""
-        palette = self.palette
-        bg = (layers.background.float().softmax(1) @ palette)[:, :, None, None]
-        fg = (layers.colour.float().softmax(1) @ palette)[:, :, None, None]
+        palette, t = self.palette, self.choice_temperature
+        bg = ((layers.background.float() / t).softmax(1) @ palette)[:, :, None, None]
+        fg = ((layers.colour.float() / t).softmax(1) @ palette)[:, :, None, None]
         return bg + (fg - bg) * self.place(layers.template, layers.pose)
 
 
@@ -256,7 +270,8 @@ def build_generator(config: dict[str, Any]) -> Generator | LayeredGenerator:
         return LayeredGenerator(int(cfg["z_dim"]), int(cfg["image_size"]),
                                 int(cfg["base_channels"]), cfg["palette"],
                                 int(cfg["mapping_width"]), bool(cfg["coord_channels"]),
-                                float(cfg["template_radius"]), int(cfg["shapes"]))
+                                float(cfg["template_radius"]), int(cfg["shapes"]),
+                                float(cfg["choice_temperature"]))
     return Generator(int(cfg["z_dim"]), int(cfg["channels"]), int(cfg["image_size"]),
                      int(cfg["base_channels"]), bool(cfg["coord_channels"]))
 

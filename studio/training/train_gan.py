@@ -17,7 +17,8 @@ against real scenes, including those between two regions.
 shape, pose and an upright template, placed by a spatial transformer). With
 ``--anchor`` each of those layers is tied to what the map names for z
 (``layered_anchor_loss``): the bundled shapes-gan is that generator, trained on the
-anchor alone (``--adversarial 0``).
+anchor alone (``--adversarial 0``). ``--choice-temperature T`` stores the sampling
+temperature of its choices in ``config.json`` (see ``LayeredGenerator``).
 
 ``--init-from FOLDER`` continues a finished generator (a ``config.json`` +
 ``model.safetensors`` folder such as ``models/shapes-gan``) against a fresh
@@ -265,6 +266,15 @@ def train(args: argparse.Namespace) -> None:
         config["layered"] = True
         config["palette"] = [list(rgb) for rgb in world.COLOURS.values()]
     layered = bool(config.get("layered"))
+    temperature = getattr(args, "choice_temperature", None)
+    if temperature is not None:
+        if not layered:
+            raise TrainError("--choice-temperature is for a layered generator (--layered)")
+        if not temperature > 0:
+            raise TrainError(f"--choice-temperature must be positive, got {temperature}")
+        config["choice_temperature"] = temperature
+        if gen is not None:
+            gen.choice_temperature = temperature
     z_dim = int(config["z_dim"])
     if args.anchor < 0:
         raise TrainError(f"--anchor must be zero or positive, got {args.anchor}")
@@ -420,6 +430,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layered", action="store_true",
                         help="a layered generator: palette colours for background and object "
                              "and a DCGAN stack that draws only the object's mask")
+    parser.add_argument("--choice-temperature", type=float, default=None, metavar="T",
+                        help="a layered generator paints its colour and shape choices at "
+                             "softmax temperature T (below 1: fewer blended colours; "
+                             "default: 1, or what --init-from's folder says)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
                         help="bf16: bfloat16 autocast for the forward passes (faster on CPUs "
                              "with AVX-512 BF16 and on GPUs); weights stay float32")

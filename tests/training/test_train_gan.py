@@ -393,8 +393,36 @@ def test_layered_generator_places_its_template_where_the_pose_says():
     assert float(diff.mean()) < 3.0
 
 
+def test_choice_temperature_sharpens_the_painted_choices_but_not_the_scored_logits():
+    from studio.training.gan_model import Layers
+
+    warm = build_generator(_layered_config(z_dim=64)).eval()
+    cold = build_generator(_layered_config(z_dim=64, choice_temperature=0.1)).eval()
+    cold.load_state_dict(warm.state_dict())
+    z = torch.randn(8, 64)
+    # Logits two units apart: a blend at temperature 1, nearly one palette colour at 0.1.
+    logits = torch.full((8, 8), -20.0)
+    logits[:, 0], logits[:, 4] = 1.0, -1.0
+    with torch.no_grad():
+        layers, cold_layers = warm.layers(z), cold.layers(z)
+        for name in ("background", "colour", "shape", "pose"):
+            assert torch.equal(getattr(layers, name), getattr(cold_layers, name))
+        assert torch.equal(cold_layers.template,
+                           cold.template((layers.shape / 0.1).softmax(1)))
+        # No object (the template transparent everywhere): each image is its background.
+        empty = torch.full_like(layers.template, -30.0)
+        flat = Layers(logits, logits.flip(1), layers.shape, layers.pose, empty)
+        red = warm.palette[0]
+        warm_bg = warm.compose(flat)[:, :, 0, 0]
+        cold_bg = cold.compose(flat)[:, :, 0, 0]
+    assert float((cold_bg - red).abs().max()) < 1e-3 < float((warm_bg - red).abs().max())
+    # Every choice keeps its argmax, so no class is lost.
+    assert torch.equal(warm_bg.argmax(1), cold_bg.argmax(1))
+
+
 @pytest.mark.parametrize("bad", [{"palette": [[1, 2]]}, {"palette": [[1, 2, 3]]},
-                                 {"palette": None}, {"channels": 1}, {"template_radius": 40}])
+                                 {"palette": None}, {"channels": 1}, {"template_radius": 40},
+                                 {"choice_temperature": 0}, {"choice_temperature": -1}])
 def test_layered_generator_rejects_bad_configs(bad):
     config = _layered_config(**bad)
     if bad == {"palette": None}:
@@ -448,3 +476,13 @@ def test_layered_run_trains_reloads_in_the_gan_pane_and_refuses_a_plain_init(tmp
     assert main(["shapes-gan", "--tiny", "--steps", "1", "--layered", "--init-from", str(plain),
                  "--out", str(tmp_path / "x")]) == 2
     assert "--layered" in capsys.readouterr().err
+    # The sampling temperature is stored with the weights and read back by the loaders.
+    assert main(["shapes-gan", "--tiny", "--steps", "1", "--batch-size", "4", "--anchor", "1",
+                 "--adversarial", "0", "--init-from", str(out), "--choice-temperature", "0.1",
+                 "--out", str(tmp_path / "cold")]) == 0
+    assert json.loads((tmp_path / "cold" / "config.json").read_text())["choice_temperature"] == 0.1
+    assert load_generator(str(tmp_path / "cold")).module.choice_temperature == 0.1
+    for bad in (["--choice-temperature", "0", "--layered"], ["--choice-temperature", "0.5"]):
+        assert main(["shapes-gan", "--tiny", "--steps", "1", *bad, "--anchor", "1",
+                     "--out", str(tmp_path / "y")]) == 2
+        assert "--choice-temperature" in capsys.readouterr().err
