@@ -504,7 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="diffusion sampler instead of the folder's own: one of the "
                              "studio's (ddim, euler, euler_a, dpmpp_2m, ddpm)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="diffusion prompt set and noise (default 0; 1000 gives a second set)")
+                        help="diffusion prompt set and noise, and the GAN's z (default 0; "
+                             "1000 gives a second set)")
     parser.add_argument("--json", default=None, help="write the results as JSON here")
     parser.add_argument("--markdown", default=None, help="write the table as Markdown here")
     parser.add_argument("--grid", default=None, help="write a diffusion sample grid PNG here")
@@ -558,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif name == "shapes-vae-2d":
             results[name] = evaluate_vae2d(path, clf)
         elif name == "shapes-gan":
-            results[name] = evaluate_gan(path, clf)
+            results[name] = evaluate_gan(path, clf, seed=args.seed)
         else:
             results[name] = evaluate_prompt_writer(path)
         timings[name] = time.monotonic() - started
