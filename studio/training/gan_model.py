@@ -92,6 +92,13 @@ class Generator(nn.Module):
 EXCLUSION = 20.0
 
 
+def checked_temperature(value: float) -> float:
+    """``value`` as a layered generator's ``choice_temperature``; ValueError unless positive."""
+    if not value > 0:
+        raise ValueError(f"choice_temperature must be positive, got {value}")
+    return float(value)
+
+
 class Layers(NamedTuple):
     """What a ``LayeredGenerator`` draws for each z, before it is painted."""
 
@@ -131,9 +138,7 @@ class LayeredGenerator(nn.Module):
                  template_radius: float = 24.0, shapes: int = 4,
                  choice_temperature: float = 1.0) -> None:
         super().__init__()
-        if not choice_temperature > 0:
-            raise ValueError(f"choice_temperature must be positive, got {choice_temperature}")
-        self.choice_temperature = float(choice_temperature)
+        self.choice_temperature = checked_temperature(choice_temperature)
         self.z_dim = z_dim
         self.image_size = image_size
         self.template_radius = float(template_radius)

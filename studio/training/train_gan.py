@@ -54,6 +54,7 @@ from studio.training.gan_model import (
     DISCRIMINATOR_NORMS,
     build_discriminator,
     build_generator,
+    checked_temperature,
 )
 from studio.training.train_vae import (
     Budget,
@@ -270,8 +271,10 @@ def train(args: argparse.Namespace) -> None:
     if temperature is not None:
         if not layered:
             raise TrainError("--choice-temperature is for a layered generator (--layered)")
-        if not temperature > 0:
-            raise TrainError(f"--choice-temperature must be positive, got {temperature}")
+        try:
+            temperature = checked_temperature(temperature)
+        except ValueError as exc:
+            raise TrainError(f"--choice-temperature: {exc}") from None
         config["choice_temperature"] = temperature
         if gen is not None:
             gen.choice_temperature = temperature
