@@ -186,7 +186,8 @@ def load_pipeline(path: Path) -> Any:
 
 
 def generate(pipe: Any, prompts: list[str], guidance: float, steps: int, seed: int,
-             batch: int = 16, negative: list[str] | None = None) -> tuple[np.ndarray, float]:
+             batch: int = 16, negative: list[str] | None = None,
+             guidance_rescale: float = 0.0) -> tuple[np.ndarray, float]:
     """Images (N,64,64,3) uint8 and seconds per image; image i uses seed ``seed + i``."""
     import torch
 
@@ -196,8 +197,8 @@ def generate(pipe: Any, prompts: list[str], guidance: float, steps: int, seed: i
         chunk = prompts[i:i + batch]
         gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(chunk))]
         res = pipe(chunk, negative_prompt=None if negative is None else negative[i:i + batch],
-                   guidance_scale=guidance, num_inference_steps=steps, generator=gens,
-                   output_type="np")
+                   guidance_scale=guidance, guidance_rescale=guidance_rescale,
+                   num_inference_steps=steps, generator=gens, output_type="np")
         out.append(np.clip(np.rint(res.images * 255), 0, 255).astype(np.uint8))
     elapsed = time.perf_counter() - started
     return np.concatenate(out), elapsed / max(1, len(prompts))
@@ -222,7 +223,7 @@ def autoencoder_ceiling(vae: Any, clf: Classifier, n: int = 300) -> dict[str, fl
 def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps: int = 20,
                        guidances: Sequence[float] = GUIDANCES, negative_n: int = 100,
                        seed: int = 0, batch: int = 16, ceiling_n: int = 300,
-                       scheduler: str | None = None) -> dict:
+                       scheduler: str | None = None, guidance_rescale: float = 0.0) -> dict:
     """Scores of the pipeline folder at ``path``; ``scheduler`` (a key of the studio's
     sampler list, e.g. "euler") replaces the folder's own, as the Image pane does."""
     pipe = load_pipeline(path)
@@ -234,14 +235,16 @@ def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps:
     texts = [p for _, p, _ in prompts]
     result: dict[str, Any] = {"prompts": len(prompts), "steps": steps, "by_guidance": {},
                               "seconds_per_image": {}, "seed": seed,
-                              "scheduler": type(pipe.scheduler).__name__}
+                              "scheduler": type(pipe.scheduler).__name__,
+                              "guidance_rescale": guidance_rescale}
     if ceiling_n:
         log(f"shapes-diffusion: autoencoder ceiling on {ceiling_n} held-out scenes")
         result["autoencoder_ceiling"] = autoencoder_ceiling(pipe.vae, clf, ceiling_n)
         result["autoencoder_ceiling_scenes"] = ceiling_n
     for g in guidances:
         log(f"shapes-diffusion: {len(texts)} prompts at guidance {g}")
-        images, spi = generate(pipe, texts, g, steps, seed, batch)
+        images, spi = generate(pipe, texts, g, steps, seed, batch,
+                               guidance_rescale=guidance_rescale)
         result["seconds_per_image"][str(g)] = spi
         pred = clf.predict(images)
         tier2_idx = [i for i, (t, _, _) in enumerate(prompts) if t == "tier2"]
@@ -274,8 +277,10 @@ def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps:
         g = max(guidances)
         log(f"shapes-diffusion: negative prompt {negative!r}, {negative_n} images")
         with_neg, _ = generate(pipe, [prompt] * negative_n, g, steps, seed + 10_000, batch,
-                               negative=[negative] * negative_n)
-        without, _ = generate(pipe, [prompt] * negative_n, g, steps, seed + 10_000, batch)
+                               negative=[negative] * negative_n,
+                               guidance_rescale=guidance_rescale)
+        without, _ = generate(pipe, [prompt] * negative_n, g, steps, seed + 10_000, batch,
+                              guidance_rescale=guidance_rescale)
         avoid = {c.strip() for c in negative.split(",")}
         for key, imgs in (("negative_avoidance", with_neg), ("avoidance_without_negative", without)):
             colours = clf.predict(imgs)["colour"]["label"]
@@ -503,6 +508,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scheduler", default=None,
                         help="diffusion sampler instead of the folder's own: one of the "
                              "studio's (ddim, euler, euler_a, dpmpp_2m, ddpm)")
+    parser.add_argument("--guidance-rescale", type=float, default=0.0, metavar="R",
+                        help="rescale the guided prediction toward the conditional one's "
+                             "spread (0 to 1; default 0: plain classifier-free guidance)")
     parser.add_argument("--seed", type=int, default=0,
                         help="diffusion prompt set and noise, and the GAN's z (default 0; "
                              "1000 gives a second set)")
@@ -518,6 +526,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.prompts_per_task <= 0 or args.steps <= 0:
         print("error: --prompts-per-task and --steps must be positive", file=sys.stderr)
+        return 2
+    if not 0.0 <= args.guidance_rescale <= 1.0:
+        print("error: --guidance-rescale must be between 0 and 1", file=sys.stderr)
         return 2
     if any(g <= 0 for g in args.guidance):
         print("error: --guidance scales must be positive", file=sys.stderr)
@@ -553,7 +564,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[name] = evaluate_diffusion(path, clf, args.prompts_per_task, args.steps,
                                                guidances=tuple(args.guidance),
                                                negative_n=args.negative_samples,
-                                               seed=args.seed, scheduler=args.scheduler)
+                                               seed=args.seed, scheduler=args.scheduler,
+                                               guidance_rescale=args.guidance_rescale)
         elif name == "shapes-vae":
             results[name] = evaluate_vae(path, clf)
         elif name == "shapes-vae-2d":

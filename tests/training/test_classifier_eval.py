@@ -179,11 +179,28 @@ def test_cli_rejects_unknown_model(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["--scheduler", "heun"], "unknown scheduler 'heun'"),
     (["--guidance", "7.5", "0"], "--guidance"),
+    (["--guidance-rescale", "1.5"], "--guidance-rescale"),
 ])
 def test_cli_rejects_bad_diffusion_options(args: list[str], message: str,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     assert evaluate.main(["shapes-diffusion", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_generate_hands_the_guidance_rescale_to_the_pipeline() -> None:
+    from types import SimpleNamespace
+
+    calls: list[dict] = []
+
+    def pipe(prompts: list[str], **kwargs: object) -> SimpleNamespace:
+        calls.append(kwargs)
+        return SimpleNamespace(images=np.zeros((len(prompts), 64, 64, 3), np.float32))
+
+    images, _ = evaluate.generate(pipe, ["a circle"] * 3, 7.5, 2, seed=0, batch=2,
+                                  guidance_rescale=0.7)
+    assert images.shape == (3, 64, 64, 3)
+    assert [c["guidance_rescale"] for c in calls] == [0.7, 0.7]
+    assert all(c["guidance_scale"] == 7.5 for c in calls)
 
 
 @pytest.fixture(scope="module")
