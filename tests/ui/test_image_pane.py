@@ -45,6 +45,14 @@ def test_generate_previews_every_step_shows_and_saves_the_image(qtbot, pane, set
     assert previews[-1] == (3, 3) and len(previews) >= 3
     assert pane.view.has_image() and pane.view.pixmap().width() == 64
     assert pane.results.count() == 1
+    # the selected thumbnail shows the image's own colours, not Qt's highlight blend
+    from PySide6.QtCore import QSize
+    from PySide6.QtGui import QIcon
+
+    icon = pane.results.item(0).icon()
+    normal = icon.pixmap(QSize(64, 64), QIcon.Mode.Normal).toImage()
+    selected = icon.pixmap(QSize(64, 64), QIcon.Mode.Selected).toImage()
+    assert selected == normal
     assert [p.name for p in _outputs(settings)] == [Path(result.paths[0]).name]
     assert result.seeds == [7]
     assert pane.seed.last == 7

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QSize, Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QIcon, QImageReader, QKeySequence, QPixmap, QShortcut
+from PySide6.QtGui import QDesktopServices, QImageReader, QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -25,7 +25,7 @@ from studio.core.errors import UserError
 from studio.core.gallery import Gallery, GalleryItem
 from studio.core.settings import Settings
 from studio.ui.bridge import Bridge
-from studio.ui.widgets.image_view import ImageView
+from studio.ui.widgets.image_view import ImageView, untinted_icon
 
 THUMB = 128
 PAGE = 500
@@ -198,7 +198,7 @@ class GalleryPane(QWidget):
             entry = self._unthumbed.pop(0)
             try:
                 if entry.listWidget() is self.list:
-                    entry.setIcon(QIcon(thumbnail(Path(entry.data(_PATH)))))
+                    entry.setIcon(untinted_icon(thumbnail(Path(entry.data(_PATH)))))
             except RuntimeError:
                 continue  # the item was deleted with a reload
         if not self._unthumbed:

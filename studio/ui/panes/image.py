@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QIcon, QKeySequence, QPixmap, QShortcut
+from PySide6.QtGui import QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -31,7 +31,7 @@ from studio.core.errors import UserError
 from studio.core.jobs import CountTokens, TextToImage
 from studio.core.settings import Settings
 from studio.ui.bridge import Bridge
-from studio.ui.widgets.image_view import ImageView, to_qimage
+from studio.ui.widgets.image_view import ImageView, to_qimage, untinted_icon
 from studio.ui.widgets.seed_field import FIXED, MAX_SEED, RANDOM, REUSE, SeedField
 from studio.ui.widgets.slider_spin import SliderSpin
 
@@ -554,7 +554,7 @@ class ImagePane(QWidget):
             path = paths[i] if i < len(paths) else ""
             seed = seeds[i] if i < len(seeds) else None
             self._results.append((image, path, seed))
-            item = QListWidgetItem(QIcon(QPixmap.fromImage(to_qimage(image))), f"seed {seed}")
+            item = QListWidgetItem(untinted_icon(QPixmap.fromImage(to_qimage(image))), f"seed {seed}")
             item.setToolTip(f"seed {seed}\n{path}" if path else f"seed {seed}")
             self.results.addItem(item)
         if seeds:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from PySide6.QtCore import QRect, QSize, Qt
-from PySide6.QtGui import QColor, QImage, QPainter, QPaintEvent, QPixmap
+from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPaintEvent, QPixmap
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
 
@@ -28,6 +28,19 @@ def to_qimage(image: Any) -> QImage:
     fmt = QImage.Format.Format_RGBA8888 if channels == 4 else QImage.Format.Format_RGB888
     # QImage borrows the buffer; copy() detaches it before `array` can be freed.
     return QImage(array.data, width, height, channels * width, fmt).copy()
+
+
+def untinted_icon(pixmap: QPixmap) -> QIcon:
+    """An icon that shows ``pixmap`` as it is when its item is selected too.
+
+    Qt's default Selected mode blends the highlight colour into the picture, which
+    misreports a thumbnail's colours: a yellow star on purple turns sage green on lavender.
+    The selection still shows in the item's label and frame.
+    """
+    icon = QIcon()
+    for mode in (QIcon.Mode.Normal, QIcon.Mode.Selected, QIcon.Mode.Active):
+        icon.addPixmap(pixmap, mode)
+    return icon
 
 
 class ImageView(QWidget):

@@ -12,7 +12,6 @@ from PySide6.QtGui import (
     QColor,
     QDragEnterEvent,
     QDropEvent,
-    QIcon,
     QMouseEvent,
     QPainter,
     QPaintEvent,
@@ -38,7 +37,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from studio.ui.widgets.image_view import ImageView, to_qimage
+from studio.ui.widgets.image_view import ImageView, to_qimage, untinted_icon
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 PIN_COLOURS = (QColor(255, 176, 32), QColor(64, 196, 255))
@@ -379,7 +378,7 @@ class GalleryPicker(QDialog):
         self.list.setResizeMode(QListWidget.ResizeMode.Adjust)
         self.list.setMinimumSize(520, 360)
         for path in gallery_images(folder):
-            item = QListWidgetItem(QIcon(str(path)), path.name)
+            item = QListWidgetItem(untinted_icon(QPixmap(str(path))), path.name)
             item.setData(Qt.ItemDataRole.UserRole, str(path))
             self.list.addItem(item)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
