@@ -30,16 +30,21 @@ def to_qimage(image: Any) -> QImage:
     return QImage(array.data, width, height, channels * width, fmt).copy()
 
 
-def untinted_icon(pixmap: QPixmap) -> QIcon:
-    """An icon that shows ``pixmap`` as it is when its item is selected too.
+def untinted_icon(source: QPixmap | str) -> QIcon:
+    """An icon that shows ``source`` (a pixmap, or an image file's path) as it is when its
+    item is selected too.
 
     Qt's default Selected mode blends the highlight colour into the picture, which
     misreports a thumbnail's colours: a yellow star on purple turns sage green on lavender.
-    The selection still shows in the item's label and frame.
+    The selection still shows in the item's label and frame. A path is read only when the
+    icon is first painted, as ``QIcon(path)`` would, so a long list opens at once.
     """
     icon = QIcon()
     for mode in (QIcon.Mode.Normal, QIcon.Mode.Selected, QIcon.Mode.Active):
-        icon.addPixmap(pixmap, mode)
+        if isinstance(source, str):
+            icon.addFile(source, QSize(), mode)
+        else:
+            icon.addPixmap(source, mode)
     return icon
 
 

@@ -378,7 +378,7 @@ class GalleryPicker(QDialog):
         self.list.setResizeMode(QListWidget.ResizeMode.Adjust)
         self.list.setMinimumSize(520, 360)
         for path in gallery_images(folder):
-            item = QListWidgetItem(untinted_icon(QPixmap(str(path))), path.name)
+            item = QListWidgetItem(untinted_icon(str(path)), path.name)
             item.setData(Qt.ItemDataRole.UserRole, str(path))
             self.list.addItem(item)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
