@@ -2,7 +2,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QIcon
 
 from studio.core.gallery import Gallery
 from studio.ui.panes.image import ImagePane
@@ -46,9 +47,6 @@ def test_generate_previews_every_step_shows_and_saves_the_image(qtbot, pane, set
     assert pane.view.has_image() and pane.view.pixmap().width() == 64
     assert pane.results.count() == 1
     # the selected thumbnail shows the image's own colours, not Qt's highlight blend
-    from PySide6.QtCore import QSize
-    from PySide6.QtGui import QIcon
-
     icon = pane.results.item(0).icon()
     normal = icon.pixmap(QSize(64, 64), QIcon.Mode.Normal).toImage()
     selected = icon.pixmap(QSize(64, 64), QIcon.Mode.Selected).toImage()
