@@ -84,6 +84,9 @@ def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
     (["shapes-diffusion", "--list-captions", "-0.1"], "--list-captions must be in [0, 1]"),
     (["shapes-diffusion", "--layers-per-block", "0"],
      "--layers-per-block must be a positive integer"),
+    (["shapes-diffusion", "--snr-gamma", "-1"], "--snr-gamma must be zero or positive"),
+    (["shapes-diffusion", "--low-noise-share", "1.5"], "--low-noise-share must be in [0, 1]"),
+    (["shapes-diffusion", "--low-noise-max", "0"], "--low-noise-max must be in 1..1000"),
 ])
 def test_bad_arguments_give_one_line_errors(argv: list[str], message: str, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
@@ -372,3 +375,55 @@ def test_object_weight_changes_the_unet_update_and_is_recorded(tiny_pipeline: Pa
     assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
                  "--object-weight", "-1", "--out", str(tmp_path / "bad"), *TINY]) == 2
     assert "--object-weight" in capsys.readouterr().err
+
+
+def test_min_snr_weights_damp_low_noise_and_gamma_zero_turns_them_off() -> None:
+    import torch
+    from diffusers import DDPMScheduler
+
+    from studio.training.train_diffusion import min_snr_weights
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+    t = torch.tensor([10, 50, 150, 500, 900])
+    w5 = min_snr_weights(scheduler, t)
+    w50 = min_snr_weights(scheduler, t, 50.0)
+    assert w5[0] < w5[1] < w5[2] < 1.0 and torch.allclose(w5[3:], torch.ones(2))
+    assert torch.all(w50 >= w5) and w50[1] > 5 * w5[1]
+    assert torch.equal(min_snr_weights(scheduler, t, 0.0), torch.ones(5))
+
+
+def test_low_noise_share_changes_the_update_and_is_recorded(tiny_pipeline: Path,
+                                                            tmp_path: Path) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unets = {}
+    for name, extra in {"plain": [], "low": ["--low-noise-share", "1", "--low-noise-max", "50",
+                                             "--snr-gamma", "0"]}.items():
+        out = tmp_path / name
+        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                     "--decoder-steps", "0", "--seed", "3", "--out", str(out), *extra,
+                     *TINY]) == 0
+        unets[name] = UNet2DConditionModel.from_pretrained(str(out / "unet"))
+        state = json.loads((out / "training_state.json").read_text())
+        if extra:
+            assert (state["low_noise_share"], state["low_noise_max"], state["snr_gamma"]) == \
+                (1.0, 50, 0.0)
+        else:
+            assert "low_noise_share" not in state and "snr_gamma" not in state
+    assert any(not torch.equal(a, b) for a, b in
+               zip(unets["plain"].parameters(), unets["low"].parameters(), strict=True))
+
+
+def test_low_noise_share_draws_that_share_below_the_bound() -> None:
+    import torch
+
+    from studio.training.train_diffusion import draw_timesteps
+
+    plain = draw_timesteps(20000, torch.Generator().manual_seed(0))
+    low = draw_timesteps(20000, torch.Generator().manual_seed(0), (0.5, 300))
+    assert 0 <= int(plain.min()) and int(plain.max()) < 1000
+    assert abs(float((plain < 300).float().mean()) - 0.30) < 0.02
+    # half drawn below 300, the other half uniform: 0.5 + 0.5 * 0.3 below 300
+    assert abs(float((low < 300).float().mean()) - 0.65) < 0.02
+    assert int(low.max()) >= 900
