@@ -109,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"(default {ATTRIBUTE_LIST_SHARE})")
     parser.add_argument("--object-weight", type=float, default=0.0, metavar="W",
                         help="count the UNet's loss on latent pixels that cover an object "
-                             "1 + W times (default 0: every pixel alike)")
+                             "1 + W times; with --decoder-only, the decoder's loss on image "
+                             "pixels within two of an object (default 0: every pixel alike)")
     parser.add_argument("--snr-gamma", type=float, default=MIN_SNR_GAMMA, metavar="G",
                         help="min-SNR weighting: timesteps whose signal-to-noise ratio is above "
                              f"G count G/SNR (default {MIN_SNR_GAMMA:g}; 0: every timestep alike)")
@@ -483,8 +484,16 @@ class Denoiser:
         return (noisy - (1 - a).sqrt() * eps) / a.sqrt() / scaling_factor
 
 
+def object_neighbourhood(images: np.ndarray, reach: int = 2) -> np.ndarray:
+    """(N, 1, H, W) float: 1 on object pixels and on background within ``reach`` of one."""
+    import torch
+
+    pixels = torch.from_numpy((images != images[:, :1, :1, :]).any(-1)[:, None]).float()
+    return torch.nn.functional.max_pool2d(pixels, 2 * reach + 1, stride=1, padding=reach).numpy()
+
+
 def finetune_decoder(vae: Any, steps: int, batch: int, device: str, seed: int,
-                     denoiser: Denoiser | None = None) -> dict:
+                     denoiser: Denoiser | None = None, object_weight: float = 0.0) -> dict:
     """Sharpen the decoder with the encoder frozen, as Stable Diffusion's ft-MSE decoder.
 
     The latent space the UNet learned stays exactly the same; only the map back
@@ -517,7 +526,14 @@ def finetune_decoder(vae: Any, steps: int, batch: int, device: str, seed: int,
             if denoised:
                 z = denoiser.estimate(z, captions, vae.config.scaling_factor)
         recon = vae.decode(z).sample
-        loss = (recon - x).abs().mean() + ((recon - x) ** 2).mean()
+        diff = recon - x
+        error = diff.abs() + diff ** 2
+        if object_weight:
+            # A small star is a few dozen of 4,096 pixels: without this the loss is the background's.
+            weight = 1.0 + object_weight * torch.from_numpy(object_neighbourhood(images)).to(device)
+            loss = ((error * weight).mean(dim=(1, 2, 3)) / weight.mean(dim=(1, 2, 3))).mean()
+        else:
+            loss = error.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -539,13 +555,18 @@ def decoder_only(args: argparse.Namespace) -> None:
     device = args.device or "cpu"
     vae = AutoencoderKL.from_pretrained(str(out / "vae")).to(device)
     steps = int(args.decoder_steps or min(1200, int(args.steps)))
+    object_weight = float(getattr(args, "object_weight", 0.0) or 0.0)
+    if object_weight < 0:
+        raise TrainError(f"--object-weight must be zero or positive, got {object_weight}")
     max_t = int(getattr(args, "decoder_denoised", 0) or 0)
     denoiser = Denoiser.load(out, max_t, device, int(args.seed or 0)) if max_t else None
     info = finetune_decoder(vae, steps, state_batch(getattr(args, "preset", "full"),
                                                     int(args.batch_size)),
-                            device, int(args.seed or 0), denoiser)
+                            device, int(args.seed or 0), denoiser, object_weight)
     if max_t:
         info["decoder_denoised_max_t"] = max_t
+    if object_weight:
+        info["decoder_object_weight"] = object_weight
     vae.save_pretrained(str(out / "vae"), safe_serialization=True)
     state_file = out / "training_state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}

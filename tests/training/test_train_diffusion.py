@@ -427,3 +427,42 @@ def test_low_noise_share_draws_that_share_below_the_bound() -> None:
     # half drawn below 300, the other half uniform: 0.5 + 0.5 * 0.3 below 300
     assert abs(float((low < 300).float().mean()) - 0.65) < 0.02
     assert int(low.max()) >= 900
+
+
+def test_object_neighbourhood_covers_the_object_and_a_two_pixel_ring() -> None:
+    from studio.training import world
+    from studio.training.train_diffusion import object_neighbourhood
+
+    images, _, scenes = world.render_batch(range(20), tier=1)
+    near = object_neighbourhood(images)
+    assert near.shape == (20, 1, 64, 64)
+    for image, m in zip(images, near[:, 0], strict=True):
+        pixels = (image != image[0, 0]).any(-1)
+        padded = np.pad(pixels, 2)
+        # every pixel with an object pixel within two rows and two columns of it
+        ring = np.zeros_like(pixels)
+        for dy in range(5):
+            for dx in range(5):
+                ring |= padded[dy:dy + 64, dx:dx + 64]
+        assert np.array_equal(m == 1.0, ring) and set(np.unique(m)) == {0.0, 1.0}
+        assert ring.sum() > pixels.sum()
+
+
+def test_decoder_object_weight_changes_the_decoder_and_is_recorded(tiny_pipeline: Path,
+                                                                   tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    decoders = {}
+    for weight in ("0", "9"):
+        copy = tmp_path / f"w{weight}"
+        shutil.copytree(tiny_pipeline, copy)
+        assert main(["shapes-diffusion", "--decoder-only", "--decoder-steps", "1", "--seed", "2",
+                     "--object-weight", weight, "--out", str(copy), *TINY]) == 0
+        decoders[weight] = AutoencoderKL.from_pretrained(str(copy / "vae")).decoder
+        state = json.loads((copy / "training_state.json").read_text())
+        assert state.get("decoder_object_weight", 0.0) == float(weight)
+    assert any(not torch.equal(a, b) for a, b in
+               zip(decoders["0"].parameters(), decoders["9"].parameters(), strict=True))
