@@ -273,3 +273,38 @@ def test_negative_prompt_row_does_not_round_a_miss_up_to_the_goal() -> None:
          "negative_prompt": {"prompt": "a circle", "negative": "red, blue", "guidance": 7.5}}
     table = evaluate.markdown({"shapes-diffusion": d})
     assert "0.946 (without the negative prompt: 0.680)" in table
+
+
+def test_denoise_probe_runs_the_last_steps_on_real_latents(
+        tmp_path: Path, quick_classifier: classifier.Classifier,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from studio.training import denoise_probe
+    from studio.training.__main__ import main
+
+    pipe_dir = tmp_path / "shapes-diffusion"
+    assert main(["shapes-diffusion", "--preset", "tiny", "--steps", "1", "--batch-size", "2",
+                 "--cache-size", "4", "--out", str(pipe_dir), "--device", "cpu"]) == 0
+    pipe = StableDiffusionPipeline.from_pretrained(str(pipe_dir))
+    res = denoise_probe.probe(pipe, quick_classifier, n=6, last_steps=(0, 2, 4, 9), steps=4)
+    # K is clipped to the schedule's length: 9 runs all four steps, from pure noise
+    assert list(res["by_last_steps"]) == ["0", "2", "4"]
+    assert res["by_last_steps"]["0"]["start_timestep"] == 0
+    assert res["by_last_steps"]["2"]["start_timestep"] == res["timesteps"][2]
+    for row in res["by_last_steps"].values():
+        assert 0.0 <= row["shape"] <= 1.0 and set(row["by_shape"]) <= set(world.SHAPES)
+    # K = 0 is the autoencoder alone: the classifier on the reconstructions of the same scenes
+    images, _, scenes = world.render_batch(
+        range(denoise_probe.PROBE_SEED_BASE, denoise_probe.PROBE_SEED_BASE + 6), tier=1,
+        caption_style="canonical")
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample
+    pixels = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    read = quick_classifier.predict(pixels)["shape"]["label"]
+    expected = np.mean(read == np.array([s.objects[0].shape for s in scenes]))
+    assert res["by_last_steps"]["0"]["shape"] == pytest.approx(expected)
+
+    assert denoise_probe.main([str(tmp_path / "nothing")]) == 2
+    assert "no pipeline" in capsys.readouterr().err
