@@ -23,6 +23,8 @@ import numpy as np
 
 from studio.training import world
 from studio.training.classifier import Classifier, load_or_train
+from studio.training.evaluate import _to_uint8
+from studio.training.train_diffusion import to_tensor
 
 PROBE_SEED_BASE = 555_000
 DEFAULT_LAST_STEPS: tuple[int, ...] = (0, 2, 4, 7, 10, 20)
@@ -38,18 +40,15 @@ def probe(pipe: Any, clf: Classifier, n: int = 160, last_steps: Sequence[int] = 
         caption_style="canonical")
     shapes = np.array([s.objects[0].shape for s in scenes])
     sf = pipe.vae.config.scaling_factor
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().to(pipe.device) / 127.5 - 1
-    tok = pipe.tokenizer(list(captions) + [""], padding="max_length",
-                         max_length=pipe.tokenizer.model_max_length, truncation=True,
-                         return_tensors="pt").input_ids.to(pipe.device)
+    x = to_tensor(images, pipe.device)
     scheduler = pipe.scheduler
     scheduler.set_timesteps(steps)
     timesteps = scheduler.timesteps
     with torch.no_grad():
         z0 = pipe.vae.encode(x).latent_dist.mean * sf
-        states = pipe.text_encoder(tok)[0]
+        # the pipeline's own prompt encoding: the caption, and "" for the unconditional half
+        cond, uncond = pipe.encode_prompt(list(captions), pipe.device, 1, True)
     noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed)).to(z0.device, z0.dtype)
-    cond, uncond = states[:-1], states[-1:].expand(n, -1, -1)
     results: dict[str, Any] = {"scenes": n, "steps": steps, "guidance": guidance,
                                "timesteps": [int(t) for t in timesteps], "by_last_steps": {}}
     for k in sorted({min(max(0, int(k)), len(timesteps)) for k in last_steps}):
@@ -67,8 +66,7 @@ def probe(pipe: Any, clf: Classifier, n: int = 160, last_steps: Sequence[int] = 
                                          ).sample.chunk(2)
                 latents = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
             decoded = pipe.vae.decode(latents / sf).sample
-        pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-        right = clf.predict(pixels)["shape"]["label"] == shapes
+        right = clf.predict(_to_uint8(decoded.cpu()))["shape"]["label"] == shapes
         results["by_last_steps"][str(k)] = {
             "start_timestep": int(tail[0]) if k else 0,
             "shape": float(right.mean()),

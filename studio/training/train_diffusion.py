@@ -423,13 +423,18 @@ def encode_cache(vae: Any, n: int, device: str, seed: int, rng_seed: int,
     return (torch.cat(means), torch.cat(stds), torch.cat(masks)), captions
 
 
-def object_mask(images: np.ndarray, size: int) -> np.ndarray:
-    """(N, 1, size, size) bool: which size x size patches of ``images`` hold an object pixel.
+def object_pixels(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool: the pixels of ``images`` that belong to an object.
 
     Every scene's top-left pixel is background (no object reaches a corner).
     """
+    return (images != images[:, :1, :1, :]).any(-1)
+
+
+def object_mask(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, 1, size, size) bool: which size x size patches of ``images`` hold an object pixel."""
     n, h, w, _ = images.shape
-    pixels = (images != images[:, :1, :1, :]).any(-1)
+    pixels = object_pixels(images)
     f = h // size
     return pixels.reshape(n, size, f, size, w // size).any(axis=(2, 4))[:, None]
 
@@ -484,11 +489,17 @@ class Denoiser:
         return (noisy - (1 - a).sqrt() * eps) / a.sqrt() / scaling_factor
 
 
+def weighted_image_mean(error: Any, weight: Any) -> Any:
+    """Per-image weighted mean of ``error`` (N, C, H, W), normalised by the weights, so a
+    weighted loss keeps the unweighted one's scale and the learning rate its meaning."""
+    return (error * weight).mean(dim=(1, 2, 3)) / weight.mean(dim=(1, 2, 3))
+
+
 def object_neighbourhood(images: np.ndarray, reach: int = 2) -> np.ndarray:
     """(N, 1, H, W) float: 1 on object pixels and on background within ``reach`` of one."""
     import torch
 
-    pixels = torch.from_numpy((images != images[:, :1, :1, :]).any(-1)[:, None]).float()
+    pixels = torch.from_numpy(object_pixels(images)[:, None]).float()
     return torch.nn.functional.max_pool2d(pixels, 2 * reach + 1, stride=1, padding=reach).numpy()
 
 
@@ -531,7 +542,7 @@ def finetune_decoder(vae: Any, steps: int, batch: int, device: str, seed: int,
         if object_weight:
             # A small star is a few dozen of 4,096 pixels: without this the loss is the background's.
             weight = 1.0 + object_weight * torch.from_numpy(object_neighbourhood(images)).to(device)
-            loss = ((error * weight).mean(dim=(1, 2, 3)) / weight.mean(dim=(1, 2, 3))).mean()
+            loss = weighted_image_mean(error, weight).mean()
         else:
             loss = error.mean()
         opt.zero_grad(set_to_none=True)
@@ -556,8 +567,6 @@ def decoder_only(args: argparse.Namespace) -> None:
     vae = AutoencoderKL.from_pretrained(str(out / "vae")).to(device)
     steps = int(args.decoder_steps or min(1200, int(args.steps)))
     object_weight = float(getattr(args, "object_weight", 0.0) or 0.0)
-    if object_weight < 0:
-        raise TrainError(f"--object-weight must be zero or positive, got {object_weight}")
     max_t = int(getattr(args, "decoder_denoised", 0) or 0)
     denoiser = Denoiser.load(out, max_t, device, int(args.seed or 0)) if max_t else None
     info = finetune_decoder(vae, steps, state_batch(getattr(args, "preset", "full"),
@@ -662,9 +671,8 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
         error = (pred - noise) ** 2
         per_sample = error.mean(dim=(1, 2, 3))
         if object_weight:
-            # Normalised per image, so the loss keeps its scale and the learning rate its meaning.
             weight = 1.0 + object_weight * masks[idx].to(device, error.dtype)
-            weighted = (error * weight).mean(dim=(1, 2, 3)) / weight.mean(dim=(1, 2, 3))
+            weighted = weighted_image_mean(error, weight)
         else:
             weighted = per_sample
         loss = (weighted * min_snr_weights(scheduler, t, snr_gamma)).mean()
@@ -722,6 +730,9 @@ def save_pipeline(out: Path, modules: dict, tokenizer: Any, state: dict) -> None
 def train(args: argparse.Namespace) -> None:
     import torch
 
+    object_weight = float(getattr(args, "object_weight", 0.0) or 0.0)
+    if object_weight < 0:
+        raise TrainError(f"--object-weight must be zero or positive, got {object_weight}")
     if getattr(args, "decoder_only", False):
         decoder_only(args)
         return
@@ -741,9 +752,6 @@ def train(args: argparse.Namespace) -> None:
     list_share = float(getattr(args, "list_captions", ATTRIBUTE_LIST_SHARE))
     if not 0.0 <= list_share <= 1.0:
         raise TrainError(f"--list-captions must be in [0, 1], got {list_share}")
-    object_weight = float(getattr(args, "object_weight", 0.0) or 0.0)
-    if object_weight < 0:
-        raise TrainError(f"--object-weight must be zero or positive, got {object_weight}")
     snr_gamma = float(getattr(args, "snr_gamma", MIN_SNR_GAMMA))
     if snr_gamma < 0:
         raise TrainError(f"--snr-gamma must be zero or positive, got {snr_gamma}")
