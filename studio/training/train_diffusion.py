@@ -107,6 +107,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of captions replaced by a bare attribute list such as "
                              "'red, blue', the form negative prompts take "
                              f"(default {ATTRIBUTE_LIST_SHARE})")
+    parser.add_argument("--name-probability", type=float, default=world.NAME_PROBABILITY,
+                        metavar="P",
+                        help="chance that a one-object caption names each of colour, size, "
+                             "position and background; lower values give more short prompts "
+                             f"such as 'a red circle' (default {world.NAME_PROBABILITY})")
     parser.add_argument("--object-weight", type=float, default=0.0, metavar="W",
                         help="count the UNet's loss on latent pixels that cover an object "
                              "1 + W times; with --decoder-only, the decoder's loss on image "
@@ -259,10 +264,13 @@ def attribute_list_caption(rng: np.random.Generator, scene: world.Scene) -> str:
 
 
 def training_batch(start_seed: int, n: int, rng: np.random.Generator,
-                   list_share: float = ATTRIBUTE_LIST_SHARE) -> tuple[np.ndarray, list[str]]:
+                   list_share: float = ATTRIBUTE_LIST_SHARE,
+                   name_probability: float = world.NAME_PROBABILITY,
+                   ) -> tuple[np.ndarray, list[str]]:
     """Render ``n`` scenes (a tier mix) and their training captions."""
     tiers = np.where(rng.random(n) < TIER2_SHARE, 2, 1)
-    images, captions, scenes = world.render_batch(range(start_seed, start_seed + n), tier=tiers)
+    images, captions, scenes = world.render_batch(range(start_seed, start_seed + n), tier=tiers,
+                                                  name_probability=name_probability)
     for i, scene in enumerate(scenes):
         if scene.caption and rng.random() < list_share:
             captions[i] = attribute_list_caption(rng, scene)
@@ -398,7 +406,8 @@ def pretrain_text_encoder(text_encoder: Any, tokenizer: Any, steps: int, batch: 
 
 
 def encode_cache(vae: Any, n: int, device: str, seed: int, rng_seed: int,
-                 list_share: float = ATTRIBUTE_LIST_SHARE) -> tuple[Any, list[str]]:
+                 list_share: float = ATTRIBUTE_LIST_SHARE,
+                 name_probability: float = world.NAME_PROBABILITY) -> tuple[Any, list[str]]:
     """Pre-encode ``n`` training scenes to latent (mean, std, object mask) triples.
 
     The mask marks, at latent resolution, every latent pixel whose patch of the
@@ -414,7 +423,7 @@ def encode_cache(vae: Any, n: int, device: str, seed: int, rng_seed: int,
     with torch.no_grad():
         for i in range(0, n, chunk):
             k = min(chunk, n - i)
-            images, caps = training_batch(base + i, k, rng, list_share)
+            images, caps = training_batch(base + i, k, rng, list_share, name_probability)
             dist = vae.encode(to_tensor(images, device)).latent_dist
             means.append(dist.mean.cpu())
             stds.append(dist.std.cpu())
@@ -752,6 +761,9 @@ def train(args: argparse.Namespace) -> None:
     list_share = float(getattr(args, "list_captions", ATTRIBUTE_LIST_SHARE))
     if not 0.0 <= list_share <= 1.0:
         raise TrainError(f"--list-captions must be in [0, 1], got {list_share}")
+    name_probability = float(getattr(args, "name_probability", world.NAME_PROBABILITY))
+    if not 0.0 <= name_probability <= 1.0:
+        raise TrainError(f"--name-probability must be in [0, 1], got {name_probability}")
     snr_gamma = float(getattr(args, "snr_gamma", MIN_SNR_GAMMA))
     if snr_gamma < 0:
         raise TrainError(f"--snr-gamma must be zero or positive, got {snr_gamma}")
@@ -823,6 +835,8 @@ def train(args: argparse.Namespace) -> None:
         "seed": seed, "cache_size": cache_size, "device": device,
         "threads": torch.get_num_threads(), "ema": ema, "list_captions": list_share,
         **({"object_weight": object_weight} if object_weight else {}),
+        **({"name_probability": name_probability}
+           if name_probability != world.NAME_PROBABILITY else {}),
         **({"snr_gamma": snr_gamma} if snr_gamma != MIN_SNR_GAMMA else {}),
         **({"low_noise_share": low_share, "low_noise_max": low_max} if low_share else {}),
         "layers_per_block": int(unet.config.layers_per_block),
@@ -855,7 +869,8 @@ def train(args: argparse.Namespace) -> None:
         phase = "unet"
         save_checkpoint(out, 0, modules, None, {**state, "phase": phase})
     if phase != "decoder":
-        cache, captions = encode_cache(vae, cache_size, device, seed, seed + 1, list_share)
+        cache, captions = encode_cache(vae, cache_size, device, seed, seed + 1, list_share,
+                                       name_probability)
         if "scaling_factor" not in state:
             state["scaling_factor"] = float(1.0 / cache[0].std())
         max_minutes = getattr(args, "max_minutes", None)

@@ -290,13 +290,15 @@ def _position_name(dx: float, dy: float) -> str:
 
 
 def sample_scene_spec(
-    seed: int, tier: int = 1, caption_style: str = "random"
+    seed: int, tier: int = 1, caption_style: str = "random",
+    name_probability: float = NAME_PROBABILITY,
 ) -> tuple[str, tuple[ObjectSpec, ...], str, frozenset[str], str | None]:
     """Draw a scene's ground truth and caption (no pixels) deterministically from ``seed``.
 
     ``caption_style``: ``"random"`` (training distribution: ~10% empty, random
     subset of attributes named, paraphrases), ``"canonical"`` (every attribute
-    named, canonical form) or ``"empty"``.
+    named, canonical form) or ``"empty"``. ``name_probability`` is the chance that a
+    random tier-1 caption names each optional attribute; it changes captions only.
     Returns ``(background, objects, caption, named, relation)``.
     """
     if tier not in (1, 2):
@@ -366,7 +368,7 @@ def sample_scene_spec(
             named = frozenset(
                 ["shape"]
                 + [a for a in ("colour", "size", "position", "background")
-                   if rng.random() < NAME_PROBABILITY]
+                   if rng.random() < name_probability]
             )
         caption = (
             canonical_caption(
@@ -485,7 +487,8 @@ def render_scene(seed: int, tier: int = 1, caption_style: str = "random") -> Sce
 
 
 def render_batch(
-    seeds: Iterable[int], tier: int | Sequence[int] = 1, caption_style: str = "random"
+    seeds: Iterable[int], tier: int | Sequence[int] = 1, caption_style: str = "random",
+    name_probability: float = NAME_PROBABILITY,
 ) -> tuple[np.ndarray, list[str], list[Scene]]:
     """Render many scenes at once: ``(images (N,64,64,3) uint8, captions, scenes)``.
 
@@ -495,7 +498,8 @@ def render_batch(
     tiers = [tier] * len(seeds) if isinstance(tier, int) else [int(t) for t in tier]
     if len(tiers) != len(seeds):
         raise ValueError("one tier per seed is needed")
-    specs = [sample_scene_spec(s, t, caption_style) for s, t in zip(seeds, tiers, strict=True)]
+    specs = [sample_scene_spec(s, t, caption_style, name_probability)
+             for s, t in zip(seeds, tiers, strict=True)]
     if not specs:
         return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8), [], []
     images = _paint([(bg, objs) for bg, objs, *_ in specs])

@@ -87,6 +87,7 @@ def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
     (["shapes-diffusion", "--snr-gamma", "-1"], "--snr-gamma must be zero or positive"),
     (["shapes-diffusion", "--low-noise-share", "1.5"], "--low-noise-share must be in [0, 1]"),
     (["shapes-diffusion", "--low-noise-max", "0"], "--low-noise-max must be in 1..1000"),
+    (["shapes-diffusion", "--name-probability", "1.2"], "--name-probability must be in [0, 1]"),
 ])
 def test_bad_arguments_give_one_line_errors(argv: list[str], message: str, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
@@ -466,3 +467,17 @@ def test_decoder_object_weight_changes_the_decoder_and_is_recorded(tiny_pipeline
         assert state.get("decoder_object_weight", 0.0) == float(weight)
     assert any(not torch.equal(a, b) for a, b in
                zip(decoders["0"].parameters(), decoders["9"].parameters(), strict=True))
+
+
+def test_name_probability_reaches_the_training_captions() -> None:
+    from studio.training import world
+    from studio.training.train_diffusion import training_batch
+
+    usual, usual_caps = training_batch(0, 300, np.random.default_rng(1), list_share=0.0)
+    bare, bare_caps = training_batch(0, 300, np.random.default_rng(1), list_share=0.0,
+                                     name_probability=0.0)
+    assert np.array_equal(usual, bare)
+    one_object = [c for c in bare_caps if c and world.parse_caption(c).get("shape")]
+    assert len(one_object) > 150
+    assert all(c in {f"a {s}" for s in world.SHAPES} for c in one_object)
+    assert sum(c in one_object for c in usual_caps) < 10

@@ -91,6 +91,28 @@ def test_captions_name_what_the_scene_shows() -> None:
     assert styles == {"with", ",", "canonical"}
 
 
+def test_name_probability_shortens_captions_and_leaves_pixels_alone() -> None:
+    seeds = range(3000)
+    images, _, usual = world.render_batch(seeds, tier=1)
+    short_images, captions, short = world.render_batch(seeds, tier=1, name_probability=0.5)
+    assert np.array_equal(images, short_images)
+    assert [s.objects for s in short] == [s.objects for s in usual]
+
+    def one_attribute_share(scenes: list) -> float:
+        return float(np.mean([len(s.named) == 2 for s in scenes]))
+
+    # one optional attribute of four named: 4 p (1 - p)^3 of the non-empty captions
+    assert abs(one_attribute_share(usual) / 0.9 - 4 * 0.75 * 0.25**3) < 0.015
+    assert abs(one_attribute_share(short) / 0.9 - 4 * 0.5**4) < 0.03
+    for cap, s in zip(captions, short, strict=True):
+        if cap:
+            parsed = world.parse_caption(cap)
+            named = {k for k in ("colour", "size", "position", "background") if parsed[k]}
+            assert named == s.named - {"shape"}, cap
+    full = world.render_batch(range(200), tier=1, name_probability=1.0)[2]
+    assert {len(s.named) for s in full} == {0, 5}
+
+
 def test_caption_grammar_round_trip() -> None:
     for seed in range(300):
         for tier in (1, 2):
