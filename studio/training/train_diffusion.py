@@ -79,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="autoencoder steps before the UNet phase (default: min(1200, steps))")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full",
                         help="model size; 'tiny' is for tests")
-    parser.add_argument("--lr", type=float, default=6e-4, help="UNet/text-encoder learning rate")
+    parser.add_argument("--lr", type=float, default=6e-4, help="UNet learning rate")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="wall-time budget of the UNet phase; the learning-rate schedule "
                              "follows whichever of steps or time runs out first")
@@ -125,6 +125,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "settled (default 0: all uniform)")
     parser.add_argument("--low-noise-max", type=int, default=300, metavar="T",
                         help="upper end (exclusive) of --low-noise-share's timesteps (default 300)")
+    parser.add_argument("--text-lr", type=float, default=0.0, metavar="LR",
+                        help="also train the text encoder during the UNet phase, at this "
+                             "learning rate (e.g. a tenth of --lr; default 0: frozen)")
     parser.add_argument("--layers-per-block", type=int, default=None,
                         help="resnet (and attention) layers in each UNet block (default 1); with "
                              "--init-from, a shallower UNet grows to this depth, its new layers "
@@ -625,7 +628,8 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
                captions: list[str], steps: int, batch: int, lr: float, device: str, out: Path,
                start: int, state: dict, modules: dict, seed: int,
                max_seconds: float | None = None, object_weight: float = 0.0,
-               snr_gamma: float = MIN_SNR_GAMMA, low_noise: tuple[float, int] = (0.0, 300)) -> None:
+               snr_gamma: float = MIN_SNR_GAMMA, low_noise: tuple[float, int] = (0.0, 300),
+               text_lr: float = 0.0) -> None:
     """Epsilon MSE with min-SNR weighting; ``object_weight`` W counts the latent pixels
     that cover an object 1 + W times, so that the few that carry a corner or a point
     are not outweighed by the flat background.
@@ -633,23 +637,33 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     ``low_noise`` (share P, bound T) draws P of the timesteps below T. Min-SNR weighting
     all but ignores those steps (a twentieth of the weight at t = 50), yet they are where
     the last DDIM steps decide a square's corners and a star's points, and where guidance
-    at 7.5 magnifies any gap between the conditional and unconditional estimates."""
+    at 7.5 magnifies any gap between the conditional and unconditional estimates.
+
+    ``text_lr`` > 0 trains the (pre-trained) text encoder as well, so the UNet's loss
+    can shape the states it reads; its weight average is kept beside the UNet's."""
     import torch
 
-    params = list(unet.parameters())
     ema = modules.get("unet_ema")
+    text_ema = modules.get("text_encoder_ema")
     ema_decay = float(state.get("ema", 0.0))
-    text_encoder.requires_grad_(False)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    text_encoder.requires_grad_(text_lr > 0)
+    groups = [{"params": list(unet.parameters()), "base_lr": lr}]
+    if text_lr > 0:
+        groups.append({"params": list(text_encoder.parameters()), "base_lr": text_lr})
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-2)
     if start > 0:
         load_checkpoint(out, modules, {"unet": opt})
+    elif text_ema is not None:
+        # the average starts from the encoder the UNet phase begins with (after pre-training)
+        text_ema.load_state_dict(text_encoder.state_dict())
     means, stds, masks = cache
     n = means.shape[0]
     gen = torch.Generator().manual_seed(seed * 7919 + start)
     bar = Progress(steps, start, desc="unet+text")
     last_save = time.monotonic()
     unet.train()
-    text_encoder.eval()
+    text_encoder.train(text_lr > 0)
     sf = state["scaling_factor"]
     warmup = max(1, min(200, steps // 10))
     spent = float(state.get("unet_seconds", 0.0))  # time of earlier, interrupted runs
@@ -664,9 +678,9 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
                 break
         state["unet_seconds"] = elapsed
         state["unet_steps_done"] = step
-        lr_now = lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        factor = min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         for g in opt.param_groups:
-            g["lr"] = lr_now
+            g["lr"] = g["base_lr"] * factor
         idx = torch.randint(0, n, (batch,), generator=gen)
         latents = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * sf
         latents = latents.to(device)
@@ -674,7 +688,7 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
         t = draw_timesteps(batch, gen, low_noise).to(device)
         noisy = scheduler.add_noise(latents, noise, t)
         ids = tokenize(tokenizer, [captions[i] for i in idx.tolist()], device)
-        with torch.no_grad():
+        with torch.set_grad_enabled(text_lr > 0):
             cond = text_encoder(ids)[0]
         pred = unet(noisy, t, encoder_hidden_states=cond).sample
         error = (pred - noise) ** 2
@@ -691,6 +705,8 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
         opt.step()
         if ema is not None:
             update_average(ema, unet, ema_decay, step)
+        if text_ema is not None:
+            update_average(text_ema, text_encoder, ema_decay, step)
         bar.update(per_sample.mean().item())
         state["unet_steps_done"] = step + 1
         if time.monotonic() - last_save > CHECKPOINT_EVERY_S and step + 1 < steps:
@@ -699,6 +715,7 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
             save_pipeline(out, modules, tokenizer, state)
             last_save = time.monotonic()
     bar.close()
+    text_encoder.requires_grad_(False).eval()
     state["unet_seconds"] = spent + time.monotonic() - phase_start
     state["unet_loss"] = bar.loss
 
@@ -707,7 +724,8 @@ def save_pipeline(out: Path, modules: dict, tokenizer: Any, state: dict) -> None
     """Write the StableDiffusionPipeline folder (fp32 safetensors) into ``out``."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    vae, text_encoder = modules["vae"], modules["text_encoder"]
+    vae = modules["vae"]
+    text_encoder = modules.get("text_encoder_ema", modules["text_encoder"])
     unet = modules.get("unet_ema", modules["unet"])
     vae.register_to_config(scaling_factor=float(state["scaling_factor"]))
     scheduler = DDIMScheduler(
@@ -773,6 +791,9 @@ def train(args: argparse.Namespace) -> None:
         raise TrainError(f"--low-noise-share must be in [0, 1], got {low_share}")
     if not 0 < low_max <= TRAIN_TIMESTEPS:
         raise TrainError(f"--low-noise-max must be in 1..{TRAIN_TIMESTEPS}, got {low_max}")
+    text_lr = float(getattr(args, "text_lr", 0.0) or 0.0)
+    if text_lr < 0:
+        raise TrainError(f"--text-lr must be zero or positive, got {text_lr}")
     layers = getattr(args, "layers_per_block", None)
     if layers is not None and int(layers) <= 0:
         raise TrainError(f"--layers-per-block must be a positive integer, got {layers}")
@@ -830,6 +851,8 @@ def train(args: argparse.Namespace) -> None:
     if ema > 0:
         # Every checkpoint carries the average, so --resume continues it.
         modules["unet_ema"] = copy.deepcopy(unet).requires_grad_(False).eval()
+        if text_lr > 0:
+            modules["text_encoder_ema"] = copy.deepcopy(text_encoder).requires_grad_(False).eval()
     state: dict[str, Any] = {
         "preset": preset, "steps": steps, "vae_steps": vae_steps, "batch_size": batch,
         "seed": seed, "cache_size": cache_size, "device": device,
@@ -839,6 +862,7 @@ def train(args: argparse.Namespace) -> None:
            if name_probability != world.NAME_PROBABILITY else {}),
         **({"snr_gamma": snr_gamma} if snr_gamma != MIN_SNR_GAMMA else {}),
         **({"low_noise_share": low_share, "low_noise_max": low_max} if low_share else {}),
+        **({"text_lr": text_lr} if text_lr else {}),
         "layers_per_block": int(unet.config.layers_per_block),
     }
     state.update(state_init)
@@ -878,7 +902,7 @@ def train(args: argparse.Namespace) -> None:
                    float(getattr(args, "lr", 6e-4)), device, out, start, state, modules, seed,
                    max_seconds=max_minutes * 60 if max_minutes else None,
                    object_weight=object_weight, snr_gamma=snr_gamma,
-                   low_noise=(low_share, low_max))
+                   low_noise=(low_share, low_max), text_lr=text_lr)
     decoder_steps = getattr(args, "decoder_steps", None)
     decoder_steps = int(decoder_steps) if decoder_steps is not None else min(1200, steps)
     if decoder_steps > 0:
@@ -889,7 +913,7 @@ def train(args: argparse.Namespace) -> None:
                                       seed))
     state["wall_seconds_this_run"] = time.monotonic() - started
     state["parameters"] = {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()
-                           if k != "unet_ema"}
+                           if not k.endswith("_ema")}
     save_pipeline(out, modules, tokenizer, state)
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     print(f"saved {out}")

@@ -88,6 +88,7 @@ def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
     (["shapes-diffusion", "--low-noise-share", "1.5"], "--low-noise-share must be in [0, 1]"),
     (["shapes-diffusion", "--low-noise-max", "0"], "--low-noise-max must be in 1..1000"),
     (["shapes-diffusion", "--name-probability", "1.2"], "--name-probability must be in [0, 1]"),
+    (["shapes-diffusion", "--text-lr", "-1"], "--text-lr must be zero or positive"),
 ])
 def test_bad_arguments_give_one_line_errors(argv: list[str], message: str, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
@@ -224,6 +225,58 @@ def test_init_from_keeps_the_text_encoder_the_unet_reads(tiny_pipeline: Path, tm
     for a, b in zip(before.parameters(), after.parameters(), strict=True):
         assert torch.equal(a, b)
     assert "text_steps" not in json.loads((out / "training_state.json").read_text())
+
+
+def test_text_lr_trains_the_text_encoder_and_saves_its_average(tiny_pipeline: Path,
+                                                               tmp_path: Path) -> None:
+    import torch
+    from transformers import CLIPTextModel
+
+    from studio.training import train_diffusion
+
+    torch.set_num_threads(1)
+    start = CLIPTextModel.from_pretrained(str(tiny_pipeline / "text_encoder")).state_dict()
+    seen: dict[str, torch.Tensor] = {}
+    original = train_diffusion.save_pipeline
+
+    def record(out: Path, modules: dict, *args: object) -> None:
+        seen.update({n: t.clone() for n, t in modules["text_encoder"].state_dict().items()})
+        original(out, modules, *args)
+
+    out = tmp_path / "joint"
+    train_diffusion.save_pipeline = record
+    try:
+        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                     "--decoder-steps", "0", "--ema", "0.9", "--text-lr", "1e-3",
+                     "--out", str(out), *TINY]) == 0
+    finally:
+        train_diffusion.save_pipeline = original
+    saved = CLIPTextModel.from_pretrained(str(out / "text_encoder")).state_dict()
+    name = next(k for k in saved if k.endswith("layers.0.self_attn.q_proj.weight"))
+    assert not torch.equal(seen[name], start[name])  # the encoder was trained
+    # and the folder holds its average: one warm-up step moves it 90% of the way
+    assert torch.allclose(saved[name], start[name] + 0.9 * (seen[name] - start[name]), atol=1e-6)
+    assert json.loads((out / "training_state.json").read_text())["text_lr"] == 1e-3
+
+    # an interrupted run keeps the encoder's optimiser group and average, and resumes them
+    run = tmp_path / "run"
+    train_diffusion.CHECKPOINT_EVERY_S, every = 0.0, train_diffusion.CHECKPOINT_EVERY_S
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    joint = ["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "3",
+             "--decoder-steps", "0", "--ema", "0.9", "--text-lr", "1e-3", "--out", str(run), *TINY]
+    try:
+        train_diffusion.save_pipeline = interrupt
+        assert main(joint) == 130
+        train_diffusion.save_pipeline = original
+        assert main([*joint, "--resume"]) == 0
+    finally:
+        train_diffusion.CHECKPOINT_EVERY_S = every
+        train_diffusion.save_pipeline = original
+    assert json.loads((run / "training_state.json").read_text())["unet_steps_done"] == 3
 
 
 def test_init_from_grows_the_unet_and_resumes_it(tiny_pipeline: Path, tmp_path: Path,
