@@ -14,6 +14,45 @@ TINY = ["--preset", "tiny", "--batch-size", "2", "--cache-size", "8", "--threads
         "--device", "cpu"]
 
 
+def run_interrupted(argv: list[str]) -> int:
+    """Run the trainer with a checkpoint every step and stop it, as Ctrl+C would, at the
+    first usable pipeline it saves; returns the exit status."""
+    from studio.training import train_diffusion
+
+    original, every = train_diffusion.save_pipeline, train_diffusion.CHECKPOINT_EVERY_S
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    train_diffusion.save_pipeline, train_diffusion.CHECKPOINT_EVERY_S = interrupt, 0.0
+    try:
+        return main(argv)
+    finally:
+        train_diffusion.save_pipeline, train_diffusion.CHECKPOINT_EVERY_S = original, every
+
+
+def run_recording(argv: list[str], names: tuple[str, ...]) -> dict[str, dict]:
+    """Run the trainer to success and return the state dicts the named modules held
+    when it last saved the pipeline (``"unet"`` is the trained weights, ``"unet_ema"`` their
+    average, which the folder stores)."""
+    from studio.training import train_diffusion
+
+    original = train_diffusion.save_pipeline
+    seen: dict[str, dict] = {}
+
+    def record(out: Path, modules: dict, *args: object) -> None:
+        seen.update({k: {n: t.clone() for n, t in modules[k].state_dict().items()} for k in names})
+        original(out, modules, *args)
+
+    train_diffusion.save_pipeline = record
+    try:
+        assert main(argv) == 0
+    finally:
+        train_diffusion.save_pipeline = original
+    return seen
+
+
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch = pytest.importorskip("torch")
@@ -49,29 +88,14 @@ def test_tiny_training_writes_a_loadable_pipeline(tiny_pipeline: Path) -> None:
 def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
     import torch
 
-    from studio.training import train_diffusion
     from studio.training.common import has_checkpoint
 
     torch.set_num_threads(1)
     out = tmp_path / "run"
-    train_diffusion.CHECKPOINT_EVERY_S, saved = 0.0, train_diffusion.CHECKPOINT_EVERY_S
-    try:
-        # a first run whose UNet phase is interrupted after its first checkpoint
-        original = train_diffusion.save_pipeline
-
-        def interrupt(*args: object, **kwargs: object) -> None:
-            original(*args, **kwargs)
-            raise KeyboardInterrupt
-
-        train_diffusion.save_pipeline = interrupt
-        assert main(["shapes-diffusion", "--steps", "3", "--out", str(out), *TINY]) == 130
-        train_diffusion.save_pipeline = original
-        assert has_checkpoint(out)
-        assert main(["shapes-diffusion", "--steps", "3", "--out", str(out), "--resume",
-                     *TINY]) == 0
-    finally:
-        train_diffusion.CHECKPOINT_EVERY_S = saved
-        train_diffusion.save_pipeline = original
+    # a first run whose UNet phase is interrupted after its first checkpoint
+    assert run_interrupted(["shapes-diffusion", "--steps", "3", "--out", str(out), *TINY]) == 130
+    assert has_checkpoint(out)
+    assert main(["shapes-diffusion", "--steps", "3", "--out", str(out), "--resume", *TINY]) == 0
     state = json.loads((out / "training_state.json").read_text())
     assert state["unet_steps_done"] == 3
 
@@ -232,25 +256,12 @@ def test_text_lr_trains_the_text_encoder_and_saves_its_average(tiny_pipeline: Pa
     import torch
     from transformers import CLIPTextModel
 
-    from studio.training import train_diffusion
-
     torch.set_num_threads(1)
     start = CLIPTextModel.from_pretrained(str(tiny_pipeline / "text_encoder")).state_dict()
-    seen: dict[str, torch.Tensor] = {}
-    original = train_diffusion.save_pipeline
-
-    def record(out: Path, modules: dict, *args: object) -> None:
-        seen.update({n: t.clone() for n, t in modules["text_encoder"].state_dict().items()})
-        original(out, modules, *args)
-
     out = tmp_path / "joint"
-    train_diffusion.save_pipeline = record
-    try:
-        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
-                     "--decoder-steps", "0", "--ema", "0.9", "--text-lr", "1e-3",
-                     "--out", str(out), *TINY]) == 0
-    finally:
-        train_diffusion.save_pipeline = original
+    seen = run_recording(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                          "--decoder-steps", "0", "--ema", "0.9", "--text-lr", "1e-3",
+                          "--out", str(out), *TINY], ("text_encoder",))["text_encoder"]
     saved = CLIPTextModel.from_pretrained(str(out / "text_encoder")).state_dict()
     name = next(k for k in saved if k.endswith("layers.0.self_attn.q_proj.weight"))
     assert not torch.equal(seen[name], start[name])  # the encoder was trained
@@ -260,22 +271,10 @@ def test_text_lr_trains_the_text_encoder_and_saves_its_average(tiny_pipeline: Pa
 
     # an interrupted run keeps the encoder's optimiser group and average, and resumes them
     run = tmp_path / "run"
-    train_diffusion.CHECKPOINT_EVERY_S, every = 0.0, train_diffusion.CHECKPOINT_EVERY_S
-
-    def interrupt(*args: object, **kwargs: object) -> None:
-        original(*args, **kwargs)
-        raise KeyboardInterrupt
-
     joint = ["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "3",
              "--decoder-steps", "0", "--ema", "0.9", "--text-lr", "1e-3", "--out", str(run), *TINY]
-    try:
-        train_diffusion.save_pipeline = interrupt
-        assert main(joint) == 130
-        train_diffusion.save_pipeline = original
-        assert main([*joint, "--resume"]) == 0
-    finally:
-        train_diffusion.CHECKPOINT_EVERY_S = every
-        train_diffusion.save_pipeline = original
+    assert run_interrupted(joint) == 130
+    assert main([*joint, "--resume"]) == 0
     assert json.loads((run / "training_state.json").read_text())["unet_steps_done"] == 3
 
 
@@ -283,29 +282,15 @@ def test_init_from_grows_the_unet_and_resumes_it(tiny_pipeline: Path, tmp_path: 
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     from diffusers import StableDiffusionPipeline
 
-    from studio.training import train_diffusion
     from studio.training.common import has_checkpoint
 
     out = tmp_path / "deeper"
-    train_diffusion.CHECKPOINT_EVERY_S, every = 0.0, train_diffusion.CHECKPOINT_EVERY_S
-    original = train_diffusion.save_pipeline
-
-    def interrupt(*args: object, **kwargs: object) -> None:
-        original(*args, **kwargs)
-        raise KeyboardInterrupt
-
     grow = ["shapes-diffusion", "--init-from", str(tiny_pipeline), "--layers-per-block", "2",
             "--steps", "3", "--decoder-steps", "0", "--out", str(out), *TINY]
-    try:
-        train_diffusion.save_pipeline = interrupt
-        assert main(grow) == 130
-        train_diffusion.save_pipeline = original
-        assert has_checkpoint(out)
-        # the checkpoint holds the grown UNet, which --resume must rebuild at its depth
-        assert main([*grow, "--resume"]) == 0
-    finally:
-        train_diffusion.CHECKPOINT_EVERY_S = every
-        train_diffusion.save_pipeline = original
+    assert run_interrupted(grow) == 130
+    assert has_checkpoint(out)
+    # the checkpoint holds the grown UNet, which --resume must rebuild at its depth
+    assert main([*grow, "--resume"]) == 0
     state = json.loads((out / "training_state.json").read_text())
     assert state["layers_per_block"] == 2 and state["unet_steps_done"] == 3
     pipe = StableDiffusionPipeline.from_pretrained(str(out))
@@ -322,26 +307,14 @@ def test_ema_weights_are_the_ones_saved_and_resume(tiny_pipeline: Path, tmp_path
     from diffusers import UNet2DConditionModel
     from safetensors.torch import load_file
 
-    from studio.training import train_diffusion
     from studio.training.common import has_checkpoint
 
     torch.set_num_threads(1)
     start = UNet2DConditionModel.from_pretrained(str(tiny_pipeline / "unet")).state_dict()
-    seen: dict[str, dict] = {}
-    original = train_diffusion.save_pipeline
-
-    def record(out: Path, modules: dict, *args: object) -> None:
-        seen.update({k: {n: t.clone() for n, t in modules[k].state_dict().items()}
-                     for k in ("unet", "unet_ema")})
-        original(out, modules, *args)
-
     out = tmp_path / "ema"
-    train_diffusion.save_pipeline = record
-    try:
-        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
-                     "--decoder-steps", "0", "--ema", "0.9", "--out", str(out), *TINY]) == 0
-    finally:
-        train_diffusion.save_pipeline = original
+    seen = run_recording(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                          "--decoder-steps", "0", "--ema", "0.9", "--out", str(out), *TINY],
+                         ("unet", "unet_ema"))
     saved = UNet2DConditionModel.from_pretrained(str(out / "unet")).state_dict()
     name = "conv_in.weight"
     # one step with the warm-up rate 0.9: the average moved 90% of the way to the weights
@@ -352,25 +325,12 @@ def test_ema_weights_are_the_ones_saved_and_resume(tiny_pipeline: Path, tmp_path
 
     # an interrupted --ema run keeps the average in its checkpoint and resumes it
     run = tmp_path / "run"
-    train_diffusion.CHECKPOINT_EVERY_S, every = 0.0, train_diffusion.CHECKPOINT_EVERY_S
-
-    def interrupt(*args: object, **kwargs: object) -> None:
-        original(*args, **kwargs)
-        raise KeyboardInterrupt
-
-    try:
-        train_diffusion.save_pipeline = interrupt
-        assert main(["shapes-diffusion", "--steps", "3", "--ema", "0.99", "--out", str(run),
-                     *TINY]) == 130
-        train_diffusion.save_pipeline = original
-        assert has_checkpoint(run)
-        keys = load_file(str(run / "checkpoint" / "weights.safetensors")).keys()
-        assert any(k.startswith("model.unet_ema.") for k in keys)
-        assert main(["shapes-diffusion", "--steps", "3", "--ema", "0.99", "--out", str(run),
-                     "--resume", *TINY]) == 0
-    finally:
-        train_diffusion.CHECKPOINT_EVERY_S = every
-        train_diffusion.save_pipeline = original
+    averaged = ["shapes-diffusion", "--steps", "3", "--ema", "0.99", "--out", str(run), *TINY]
+    assert run_interrupted(averaged) == 130
+    assert has_checkpoint(run)
+    keys = load_file(str(run / "checkpoint" / "weights.safetensors")).keys()
+    assert any(k.startswith("model.unet_ema.") for k in keys)
+    assert main([*averaged, "--resume"]) == 0
     assert json.loads((run / "training_state.json").read_text())["unet_steps_done"] == 3
 
 
