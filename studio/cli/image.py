@@ -23,6 +23,12 @@ def register(sub: Any) -> None:
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative", default="", help="negative prompt")
     gen.add_argument("--cfg", default="7.5", help="guidance (CFG) scale, default 7.5")
+    gen.add_argument(
+        "--guidance",
+        default=None,
+        help="cfg (classifier-free guidance) or apg (adaptive projected guidance); "
+        "default: the Image pane's choice, APG unless changed",
+    )
     gen.add_argument("--steps", default="30", help="denoising steps, default 30")
     gen.add_argument(
         "--scheduler",
@@ -87,6 +93,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt=args.prompt,
         negative_prompt=args.negative,
         guidance_scale=_float(args.cfg, "The CFG scale"),
+        guidance_method=args.guidance or settings.guidance_method,
         steps=_int(args.steps, "Steps"),
         scheduler=args.scheduler,
         seed=_int(args.seed, "The seed"),

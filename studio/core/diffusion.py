@@ -16,11 +16,13 @@ import os
 import random
 import struct
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from studio.core.errors import UserError
+from studio.core.guidance import guidance_key, projected_guidance
 from studio.core.jobs import CountTokens, TextToImage
 from studio.core.metadata import SAMPLER_NAMES
 
@@ -140,6 +142,7 @@ def validate_request(job: TextToImage) -> str:
         raise UserError(
             f"The seed must be a whole number up to {MAX_SEED}, or -1 for random (got {job.seed!r})."
         )
+    guidance_key(job.guidance_method)
     return scheduler_key(job.scheduler)
 
 
@@ -440,7 +443,7 @@ def run_text_to_image(job: TextToImage, ctx: JobContext) -> ImageResult:
     # 1. Inputs that need no model.
     key = validate_request(job)
     seed = job.seed if job.seed >= 0 else random.randint(0, 2**32 - 1)
-    job = replace(job, seed=seed, scheduler=key)
+    job = replace(job, seed=seed, scheduler=key, guidance_method=guidance_key(job.guidance_method))
     outputs_dir = Path(ctx.options.get("outputs_dir") or _default_outputs()).expanduser()
     ctx.check_cancel()
     failure: UserError | None = None
@@ -488,7 +491,9 @@ def _generate(job: TextToImage, key: str, ctx: JobContext, outputs_dir: Path) ->
         return {}
 
     ctx.progress(0, job.steps, None)
-    with torch.inference_mode():
+    # APG rewrites guided steps only; LCM models are guided by their embedding instead.
+    use_apg = job.guidance_method == "apg" and key != "lcm"
+    with torch.inference_mode(), projected_guidance(pipe) if use_apg else nullcontext():
         out = pipe(
             prompt=job.prompt,
             negative_prompt=job.negative_prompt or None,

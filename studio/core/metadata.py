@@ -23,6 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from studio.core.errors import UserError
+from studio.core.guidance import GUIDANCE_METHODS, guidance_key
+
 PARAMETERS_KEY = "parameters"
 REQUEST_KEY = "latent-studio"
 
@@ -96,6 +99,8 @@ def format_parameters(
         "Steps": int(data["steps"]),
         "Sampler": sampler_name(str(data["scheduler"])),
         "CFG scale": _format_number(data["guidance_scale"]),
+        # CFG is what A1111 always does, so only the other rule is written down.
+        "Guidance": _guidance_label(data),
         "Seed": int(data["seed"]),
         "Size": f"{int(data['width'])}x{int(data['height'])}",
         "Model hash": model_hash or None,
@@ -110,6 +115,11 @@ def format_parameters(
     negative = str(data.get("negative_prompt", ""))
     negative_text = f"\nNegative prompt: {negative}" if negative else ""
     return f"{prompt}{negative_text}\n{generation}".strip()
+
+
+def _guidance_label(data: Mapping[str, Any]) -> str | None:
+    method = str(data.get("guidance_method") or "cfg")
+    return None if method == "cfg" else GUIDANCE_METHODS.get(method, method)
 
 
 def _model_label(model: str) -> str:
@@ -191,8 +201,6 @@ def read_png_text(path: str | os.PathLike[str]) -> dict[str, str]:
             if not text:
                 text = {k: v for k, v in im.info.items() if isinstance(v, str)}
     except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-        from studio.core.errors import UserError
-
         raise UserError(f"Cannot read {path}: {exc}") from exc
     return {str(k): str(v) for k, v in text.items()}
 
@@ -219,6 +227,7 @@ _REQUEST_FIELDS = (
     "prompt",
     "negative_prompt",
     "guidance_scale",
+    "guidance_method",
     "steps",
     "scheduler",
     "seed",
@@ -261,6 +270,11 @@ def parameters_to_request(params: Mapping[str, Any]) -> dict[str, Any]:
         key = sampler_key(str(sampler))
         if key is not None:
             kwargs["scheduler"] = key
+    # No "Guidance" entry: the image was made with classifier-free guidance.
+    try:
+        kwargs["guidance_method"] = guidance_key(str(params.get("Guidance") or "cfg"))
+    except UserError:
+        pass
     if params.get("Model"):
         kwargs["model"] = str(params["Model"])
     return kwargs
@@ -271,11 +285,10 @@ def request_from_png(path: str | os.PathLike[str]) -> dict[str, Any]:
     image is ours, else its A1111 parameters. UserError if the PNG carries neither."""
     request = read_png_request(path)
     if request is not None:
-        return {k: request[k] for k in _REQUEST_FIELDS if k in request}
+        # Images saved before the guidance rule was recorded were all made with CFG.
+        return {"guidance_method": "cfg"} | {k: request[k] for k in _REQUEST_FIELDS if k in request}
     params = read_png_parameters(path)
     if not params:
-        from studio.core.errors import UserError
-
         raise UserError(f"{Path(path).name} carries no generation parameters.")
     return parameters_to_request(params)
 

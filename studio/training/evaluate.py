@@ -20,6 +20,7 @@ caches) the attribute classifier, then scores each model:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -187,19 +188,26 @@ def load_pipeline(path: Path) -> Any:
 
 def generate(pipe: Any, prompts: list[str], guidance: float, steps: int, seed: int,
              batch: int = 16, negative: list[str] | None = None,
-             guidance_rescale: float = 0.0) -> tuple[np.ndarray, float]:
-    """Images (N,64,64,3) uint8 and seconds per image; image i uses seed ``seed + i``."""
+             guidance_rescale: float = 0.0, guidance_method: str = "cfg",
+             ) -> tuple[np.ndarray, float]:
+    """Images (N,64,64,3) uint8 and seconds per image; image i uses seed ``seed + i``.
+
+    ``guidance_method`` "apg" guides the pipeline as the Image pane does with APG.
+    """
     import torch
+
+    from studio.core.guidance import projected_guidance
 
     out = []
     started = time.perf_counter()
-    for i in range(0, len(prompts), batch):
-        chunk = prompts[i:i + batch]
-        gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(chunk))]
-        res = pipe(chunk, negative_prompt=None if negative is None else negative[i:i + batch],
-                   guidance_scale=guidance, guidance_rescale=guidance_rescale,
-                   num_inference_steps=steps, generator=gens, output_type="np")
-        out.append(np.clip(np.rint(res.images * 255), 0, 255).astype(np.uint8))
+    with projected_guidance(pipe) if guidance_method == "apg" else contextlib.nullcontext():
+        for i in range(0, len(prompts), batch):
+            chunk = prompts[i:i + batch]
+            gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(chunk))]
+            res = pipe(chunk, negative_prompt=None if negative is None else negative[i:i + batch],
+                       guidance_scale=guidance, guidance_rescale=guidance_rescale,
+                       num_inference_steps=steps, generator=gens, output_type="np")
+            out.append(np.clip(np.rint(res.images * 255), 0, 255).astype(np.uint8))
     elapsed = time.perf_counter() - started
     return np.concatenate(out), elapsed / max(1, len(prompts))
 
@@ -223,9 +231,11 @@ def autoencoder_ceiling(vae: Any, clf: Classifier, n: int = 300) -> dict[str, fl
 def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps: int = 20,
                        guidances: Sequence[float] = GUIDANCES, negative_n: int = 100,
                        seed: int = 0, batch: int = 16, ceiling_n: int = 300,
-                       scheduler: str | None = None, guidance_rescale: float = 0.0) -> dict:
+                       scheduler: str | None = None, guidance_rescale: float = 0.0,
+                       guidance_method: str = "cfg") -> dict:
     """Scores of the pipeline folder at ``path``; ``scheduler`` (a key of the studio's
-    sampler list, e.g. "euler") replaces the folder's own, as the Image pane does."""
+    sampler list, e.g. "euler") replaces the folder's own, and ``guidance_method`` ("cfg"
+    or "apg") picks the guidance rule, as the Image pane does."""
     pipe = load_pipeline(path)
     if scheduler:
         from studio.core.diffusion import scheduler_from_config
@@ -236,7 +246,8 @@ def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps:
     result: dict[str, Any] = {"prompts": len(prompts), "steps": steps, "by_guidance": {},
                               "seconds_per_image": {}, "seed": seed,
                               "scheduler": type(pipe.scheduler).__name__,
-                              "guidance_rescale": guidance_rescale}
+                              "guidance_rescale": guidance_rescale,
+                              "guidance_method": guidance_method}
     if ceiling_n:
         log(f"shapes-diffusion: autoencoder ceiling on {ceiling_n} held-out scenes")
         result["autoencoder_ceiling"] = autoencoder_ceiling(pipe.vae, clf, ceiling_n)
@@ -244,7 +255,7 @@ def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps:
     for g in guidances:
         log(f"shapes-diffusion: {len(texts)} prompts at guidance {g}")
         images, spi = generate(pipe, texts, g, steps, seed, batch,
-                               guidance_rescale=guidance_rescale)
+                               guidance_rescale=guidance_rescale, guidance_method=guidance_method)
         result["seconds_per_image"][str(g)] = spi
         pred = clf.predict(images)
         tier2_idx = [i for i, (t, _, _) in enumerate(prompts) if t == "tier2"]
@@ -278,9 +289,9 @@ def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps:
         log(f"shapes-diffusion: negative prompt {negative!r}, {negative_n} images")
         with_neg, _ = generate(pipe, [prompt] * negative_n, g, steps, seed + 10_000, batch,
                                negative=[negative] * negative_n,
-                               guidance_rescale=guidance_rescale)
+                               guidance_rescale=guidance_rescale, guidance_method=guidance_method)
         without, _ = generate(pipe, [prompt] * negative_n, g, steps, seed + 10_000, batch,
-                              guidance_rescale=guidance_rescale)
+                              guidance_rescale=guidance_rescale, guidance_method=guidance_method)
         avoid = {c.strip() for c in negative.split(",")}
         for key, imgs in (("negative_avoidance", with_neg), ("avoidance_without_negative", without)):
             colours = clf.predict(imgs)["colour"]["label"]
@@ -511,6 +522,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--guidance-rescale", type=float, default=0.0, metavar="R",
                         help="rescale the guided prediction toward the conditional one's "
                              "spread (0 to 1; default 0: plain classifier-free guidance)")
+    parser.add_argument("--guidance-method", choices=("cfg", "apg"), default="cfg",
+                        help="diffusion guidance rule: cfg (the pipeline's classifier-free "
+                             "guidance, default) or apg (adaptive projected guidance, as the "
+                             "Image pane offers)")
     parser.add_argument("--seed", type=int, default=0,
                         help="diffusion prompt set and noise, and the GAN's z (default 0; "
                              "1000 gives a second set)")
@@ -565,7 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                guidances=tuple(args.guidance),
                                                negative_n=args.negative_samples,
                                                seed=args.seed, scheduler=args.scheduler,
-                                               guidance_rescale=args.guidance_rescale)
+                                               guidance_rescale=args.guidance_rescale,
+                                               guidance_method=args.guidance_method)
         elif name == "shapes-vae":
             results[name] = evaluate_vae(path, clf)
         elif name == "shapes-vae-2d":

@@ -34,7 +34,8 @@ def _generate(tiny_pipeline, outputs, *extra):
 
 def test_generate_writes_a_png_whose_metadata_parses(tiny_pipeline, outputs, tmp_path, capsys):
     out = tmp_path / "out.png"
-    code = _generate(tiny_pipeline, outputs, "--seed", "11", "--negative", "blue", "-o", str(out))
+    code = _generate(tiny_pipeline, outputs, "--seed", "11", "--negative", "blue", "--guidance", "apg",
+                     "-o", str(out))
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert captured.out.strip() == f"{out}\tseed 11"
@@ -45,6 +46,7 @@ def test_generate_writes_a_png_whose_metadata_parses(tiny_pipeline, outputs, tmp
         "blue",
         "11",
     )
+    assert params["Guidance"] == "APG"
     assert len(list(outputs.glob("*.png"))) == 1
 
     assert main(["info", str(out)]) == 0
@@ -62,6 +64,7 @@ def test_generate_writes_a_png_whose_metadata_parses(tiny_pipeline, outputs, tmp
         (["--cfg", "nan"], "CFG scale must be a finite number"),
         (["--steps", "0"], "Steps must be"),
         (["--scheduler", "warp"], "Unknown scheduler"),
+        (["--guidance", "warp"], "Unknown guidance"),
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line(tiny_pipeline, outputs, capsys, extra, message):

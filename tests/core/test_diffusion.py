@@ -65,6 +65,7 @@ def _pixels(result):
         ({"guidance_scale": -1.0}, "CFG scale"),
         ({"batch_size": 0}, "batch size"),
         ({"scheduler": "nonsense"}, "Unknown scheduler"),
+        ({"guidance_method": "warp"}, "Unknown guidance"),
     ],
 )
 def test_bad_requests_get_clear_messages(change, message):
@@ -172,6 +173,21 @@ def test_every_scheduler_runs(engine, tiny_pipeline, scheduler):
     assert result.images[0].size == (32, 32)
     params = parse_parameters(read_png_text(result.paths[0])["parameters"])
     assert parameters_to_request(params)["scheduler"] == scheduler
+
+
+def test_projected_guidance_changes_the_image_and_is_recorded(engine, tiny_pipeline):
+    plain = engine.run(_job(tiny_pipeline, negative_prompt="blue"), timeout=60)
+    projected = engine.run(_job(tiny_pipeline, negative_prompt="blue", guidance_method="APG"), timeout=60)
+    assert not np.array_equal(_pixels(plain)[0], _pixels(projected)[0])
+    assert projected.request.guidance_method == "apg"
+    params = parse_parameters(read_png_text(projected.paths[0])["parameters"])
+    assert params["Guidance"] == "APG"
+    assert parameters_to_request(params)["guidance_method"] == "apg"
+    assert read_png_request(projected.paths[0])["guidance_method"] == "apg"
+    assert "Guidance" not in parse_parameters(read_png_text(plain.paths[0])["parameters"])
+    # The pipeline is cached between jobs: the next CFG job is CFG again.
+    again = engine.run(_job(tiny_pipeline, negative_prompt="blue"), timeout=60)
+    assert np.array_equal(_pixels(plain)[0], _pixels(again)[0])
 
 
 def test_lcm_only_where_the_model_supports_it(engine, tiny_pipeline, tmp_path):

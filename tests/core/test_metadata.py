@@ -103,6 +103,22 @@ def test_write_then_parse_round_trip():
         assert kwargs[name] == getattr(job, name), name
 
 
+def test_the_guidance_rule_round_trips_and_defaults_to_cfg(tmp_path):
+    text = format_parameters(TextToImage(prompt="x", guidance_method="apg"))
+    assert "CFG scale: 7.5, Guidance: APG, Seed" in text
+    assert parameters_to_request(parse_parameters(text))["guidance_method"] == "apg"
+    # Other tools' images (and ours from before the rule was recorded) were made with CFG.
+    assert "Guidance" not in format_parameters(TextToImage(prompt="x"))
+    assert parameters_to_request(parse_parameters(A1111_EXAMPLE))["guidance_method"] == "cfg"
+    old = TextToImage(prompt="x", seed=3).to_dict()
+    del old["guidance_method"]
+    path = tmp_path / "old.png"
+    Image.new("RGB", (8, 8)).save(path, pnginfo=png_info("x\nSeed: 3", old))
+    assert request_from_png(path)["guidance_method"] == "cfg"
+    # An unknown rule from elsewhere is left out, so the pane keeps its own.
+    assert "guidance_method" not in parameters_to_request({"Guidance": "Warp"})
+
+
 def test_empty_negative_prompt_line_is_omitted_and_whole_cfg_keeps_a_decimal():
     text = format_parameters(TextToImage(prompt="x", guidance_scale=7.0))
     assert "Negative prompt" not in text

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
 
 from studio.core.engine import CallJob, JobContext
 from studio.core.errors import UserError
+from studio.core.guidance import GUIDANCE_METHODS
 from studio.core.jobs import CountTokens, TextToImage
 from studio.core.settings import Settings
 from studio.ui.bridge import Bridge
@@ -151,6 +152,26 @@ class ImagePane(QWidget):
         self.steps.setObjectName("stepsField")
         self.cfg = SliderSpin(0.0, 30.0, 7.5, step=0.5, decimals=1)
         self.cfg.setObjectName("cfgField")
+        self.guidance_box = QComboBox()
+        self.guidance_box.setObjectName("guidanceBox")
+        for key, name in GUIDANCE_METHODS.items():
+            self.guidance_box.addItem(name, key)
+        self.guidance_box.setItemData(
+            0, "Classifier-free guidance, as in A1111 and ComfyUI", Qt.ItemDataRole.ToolTipRole
+        )
+        self.guidance_box.setItemData(
+            1,
+            "Adaptive projected guidance: the same CFG scale without the part of it that "
+            "floods the whole image with one colour",
+            Qt.ItemDataRole.ToolTipRole,
+        )
+        self.guidance_box.setToolTip(
+            "How the CFG scale pushes toward the prompt. APG keeps high scales from "
+            "oversaturating; CFG reproduces other tools' images."
+        )
+        cfg_row = QHBoxLayout()
+        cfg_row.addWidget(self.cfg, 1)
+        cfg_row.addWidget(self.guidance_box)
         self.width_box = self._size_box()
         self.height_box = self._size_box()
         self.swap_button = QToolButton()
@@ -183,7 +204,7 @@ class ImagePane(QWidget):
         form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Scheduler", self.scheduler_box)
         form.addRow("Steps", self.steps)
-        form.addRow("CFG scale", self.cfg)
+        form.addRow("CFG scale", cfg_row)
         form.addRow("Size", size_row)
         form.addRow("Seed", self.seed)
         form.addRow("Batch", batch_row)
@@ -297,6 +318,7 @@ class ImagePane(QWidget):
         self.prompt_edit.setPlainText(s.last_prompt)
         self.negative_edit.setPlainText(s.last_negative_prompt)
         self.cfg.setValue(s.guidance_scale)
+        self._select_guidance(s.guidance_method)
         self.steps.setValue(s.steps)
         self._select_scheduler(s.scheduler)
         self.width_box.setValue(s.width)
@@ -313,6 +335,7 @@ class ImagePane(QWidget):
         s.last_prompt = self.prompt_edit.toPlainText()
         s.last_negative_prompt = self.negative_edit.toPlainText()
         s.guidance_scale = self.cfg.value()
+        s.guidance_method = str(self.guidance_box.currentData())
         s.steps = self.steps.int_value()
         s.scheduler = str(self.scheduler_box.currentData() or s.scheduler)
         s.width = self.width_box.value()
@@ -328,6 +351,12 @@ class ImagePane(QWidget):
 
     def settings_changed(self) -> None:
         self.refresh_models()
+
+    def _select_guidance(self, key: str) -> bool:
+        index = self.guidance_box.findData(key)
+        if index >= 0:
+            self.guidance_box.setCurrentIndex(index)
+        return index >= 0
 
     def _select_scheduler(self, key: str) -> bool:
         index = self.scheduler_box.findData(key)
@@ -442,6 +471,9 @@ class ImagePane(QWidget):
             self.batch_size.setValue(params["batch_size"])
         if isinstance(params.get("seed"), int) and 0 <= params["seed"] <= MAX_SEED:
             self.seed.set_seed(params["seed"])
+        method = params.get("guidance_method")
+        if method and not self._select_guidance(str(method)):
+            notes.append(f"guidance {method!r} is not available here")
         scheduler = params.get("scheduler")
         if scheduler and not self._select_scheduler(str(scheduler)):
             notes.append(f"scheduler {scheduler!r} is not available here")
@@ -503,6 +535,7 @@ class ImagePane(QWidget):
                     prompt=self.prompt_edit.toPlainText().strip(),
                     negative_prompt=self.negative_edit.toPlainText().strip(),
                     guidance_scale=guidance,
+                    guidance_method=str(self.guidance_box.currentData()),
                     steps=steps,
                     scheduler=str(self.scheduler_box.currentData()),
                     seed=seed,
