@@ -128,6 +128,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-lr", type=float, default=0.0, metavar="LR",
                         help="also train the text encoder during the UNet phase, at this "
                              "learning rate (e.g. a tenth of --lr; default 0: frozen)")
+    parser.add_argument("--text-anchor", type=float, default=0.0, metavar="W",
+                        help="with --text-lr: add W times the mean squared drift of the text "
+                             "encoder's states for the empty caption and every one- or two-word "
+                             "attribute list from those it started with, so the unconditional "
+                             "branch and negative prompts keep what they mean (default 0)")
     parser.add_argument("--layers-per-block", type=int, default=None,
                         help="resnet (and attention) layers in each UNet block (default 1); with "
                              "--init-from, a shallower UNet grows to this depth, its new layers "
@@ -249,6 +254,17 @@ def to_tensor(images: np.ndarray, device: str) -> Any:
 
     x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float()
     return x / 127.5 - 1.0
+
+
+def anchor_captions() -> list[str]:
+    """The captions whose states ``--text-anchor`` holds: the empty one (the unconditional
+    branch of guidance) and every attribute list of one or two colours or shapes (what
+    negative prompts look like, e.g. "red, blue")."""
+    captions = [""]
+    for words in (world.COLOUR_NAMES, world.SHAPES):
+        captions += list(words)
+        captions += [f"{a}, {b}" for a in words for b in words if a != b]
+    return captions
 
 
 def attribute_list_caption(rng: np.random.Generator, scene: world.Scene) -> str:
@@ -629,7 +645,7 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
                start: int, state: dict, modules: dict, seed: int,
                max_seconds: float | None = None, object_weight: float = 0.0,
                snr_gamma: float = MIN_SNR_GAMMA, low_noise: tuple[float, int] = (0.0, 300),
-               text_lr: float = 0.0) -> None:
+               text_lr: float = 0.0, text_anchor: float = 0.0) -> None:
     """Epsilon MSE with min-SNR weighting; ``object_weight`` W counts the latent pixels
     that cover an object 1 + W times, so that the few that carry a corner or a point
     are not outweighed by the flat background.
@@ -640,11 +656,14 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     at 7.5 magnifies any gap between the conditional and unconditional estimates.
 
     ``text_lr`` > 0 trains the (pre-trained) text encoder as well, so the UNet's loss
-    can shape the states it reads; its weight average is kept beside the UNet's."""
+    can shape the states it reads; its weight average is kept beside the UNet's.
+    ``text_anchor`` W > 0 adds W times the drift of the :func:`anchor_captions` states from
+    the encoder the phase began with (``modules["text_encoder_anchor"]``)."""
     import torch
 
     ema = modules.get("unet_ema")
     text_ema = modules.get("text_encoder_ema")
+    anchor = modules.get("text_encoder_anchor")
     ema_decay = float(state.get("ema", 0.0))
     text_encoder.requires_grad_(text_lr > 0)
     groups = [{"params": list(unet.parameters()), "base_lr": lr}]
@@ -654,9 +673,15 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=1e-2)
     if start > 0:
         load_checkpoint(out, modules, {"unet": opt})
-    elif text_ema is not None:
-        # the average starts from the encoder the UNet phase begins with (after pre-training)
-        text_ema.load_state_dict(text_encoder.state_dict())
+    else:
+        # the average and the anchor start from the encoder the UNet phase begins with
+        for copy_ in (text_ema, anchor):
+            if copy_ is not None:
+                copy_.load_state_dict(text_encoder.state_dict())
+    if anchor is not None:
+        anchor_ids = tokenize(tokenizer, anchor_captions(), device)
+        with torch.no_grad():
+            anchor_states = anchor(anchor_ids)[0]
     means, stds, masks = cache
     n = means.shape[0]
     gen = torch.Generator().manual_seed(seed * 7919 + start)
@@ -699,6 +724,8 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
         else:
             weighted = per_sample
         loss = (weighted * min_snr_weights(scheduler, t, snr_gamma)).mean()
+        if anchor is not None and text_anchor > 0:
+            loss = loss + text_anchor * ((text_encoder(anchor_ids)[0] - anchor_states) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -794,6 +821,11 @@ def train(args: argparse.Namespace) -> None:
     text_lr = float(getattr(args, "text_lr", 0.0) or 0.0)
     if text_lr < 0:
         raise TrainError(f"--text-lr must be zero or positive, got {text_lr}")
+    text_anchor = float(getattr(args, "text_anchor", 0.0) or 0.0)
+    if text_anchor < 0:
+        raise TrainError(f"--text-anchor must be zero or positive, got {text_anchor}")
+    if text_anchor and not text_lr:
+        raise TrainError("--text-anchor holds the text encoder that --text-lr trains; give both")
     layers = getattr(args, "layers_per_block", None)
     if layers is not None and int(layers) <= 0:
         raise TrainError(f"--layers-per-block must be a positive integer, got {layers}")
@@ -853,6 +885,9 @@ def train(args: argparse.Namespace) -> None:
         modules["unet_ema"] = copy.deepcopy(unet).requires_grad_(False).eval()
         if text_lr > 0:
             modules["text_encoder_ema"] = copy.deepcopy(text_encoder).requires_grad_(False).eval()
+    if text_anchor > 0:
+        # Checkpointed, so a resumed run holds the states to the same starting encoder.
+        modules["text_encoder_anchor"] = copy.deepcopy(text_encoder).requires_grad_(False).eval()
     state: dict[str, Any] = {
         "preset": preset, "steps": steps, "vae_steps": vae_steps, "batch_size": batch,
         "seed": seed, "cache_size": cache_size, "device": device,
@@ -863,6 +898,7 @@ def train(args: argparse.Namespace) -> None:
         **({"snr_gamma": snr_gamma} if snr_gamma != MIN_SNR_GAMMA else {}),
         **({"low_noise_share": low_share, "low_noise_max": low_max} if low_share else {}),
         **({"text_lr": text_lr} if text_lr else {}),
+        **({"text_anchor": text_anchor} if text_anchor else {}),
         "layers_per_block": int(unet.config.layers_per_block),
     }
     state.update(state_init)
@@ -902,7 +938,7 @@ def train(args: argparse.Namespace) -> None:
                    float(getattr(args, "lr", 6e-4)), device, out, start, state, modules, seed,
                    max_seconds=max_minutes * 60 if max_minutes else None,
                    object_weight=object_weight, snr_gamma=snr_gamma,
-                   low_noise=(low_share, low_max), text_lr=text_lr)
+                   low_noise=(low_share, low_max), text_lr=text_lr, text_anchor=text_anchor)
     decoder_steps = getattr(args, "decoder_steps", None)
     decoder_steps = int(decoder_steps) if decoder_steps is not None else min(1200, steps)
     if decoder_steps > 0:
@@ -913,7 +949,7 @@ def train(args: argparse.Namespace) -> None:
                                       seed))
     state["wall_seconds_this_run"] = time.monotonic() - started
     state["parameters"] = {k: sum(p.numel() for p in m.parameters()) for k, m in modules.items()
-                           if not k.endswith("_ema")}
+                           if not k.endswith(("_ema", "_anchor"))}
     save_pipeline(out, modules, tokenizer, state)
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     print(f"saved {out}")

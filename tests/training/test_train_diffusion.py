@@ -113,6 +113,9 @@ def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
     (["shapes-diffusion", "--low-noise-max", "0"], "--low-noise-max must be in 1..1000"),
     (["shapes-diffusion", "--name-probability", "1.2"], "--name-probability must be in [0, 1]"),
     (["shapes-diffusion", "--text-lr", "-1"], "--text-lr must be zero or positive"),
+    (["shapes-diffusion", "--text-lr", "1e-3", "--text-anchor", "-1"],
+     "--text-anchor must be zero or positive"),
+    (["shapes-diffusion", "--text-anchor", "10"], "give both"),
 ])
 def test_bad_arguments_give_one_line_errors(argv: list[str], message: str, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
@@ -269,13 +272,46 @@ def test_text_lr_trains_the_text_encoder_and_saves_its_average(tiny_pipeline: Pa
     assert torch.allclose(saved[name], start[name] + 0.9 * (seen[name] - start[name]), atol=1e-6)
     assert json.loads((out / "training_state.json").read_text())["text_lr"] == 1e-3
 
-    # an interrupted run keeps the encoder's optimiser group and average, and resumes them
+    # an interrupted run keeps the encoder's optimiser group, average and anchor, and resumes them
     run = tmp_path / "run"
     joint = ["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "3",
-             "--decoder-steps", "0", "--ema", "0.9", "--text-lr", "1e-3", "--out", str(run), *TINY]
+             "--decoder-steps", "0", "--ema", "0.9", "--text-lr", "1e-3", "--text-anchor", "1",
+             "--out", str(run), *TINY]
     assert run_interrupted(joint) == 130
     assert main([*joint, "--resume"]) == 0
     assert json.loads((run / "training_state.json").read_text())["unet_steps_done"] == 3
+
+
+def test_text_anchor_holds_the_empty_and_list_states(tiny_pipeline: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from studio.training.train_diffusion import anchor_captions
+
+    torch.set_num_threads(1)
+    assert {"", "red", "red, blue", "blue, red", "star, circle"} <= set(anchor_captions())
+    tokenizer = CLIPTokenizer.from_pretrained(str(tiny_pipeline / "tokenizer"))
+    ids = tokenizer(["", "red, blue"], padding="max_length", truncation=True,
+                    max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    start = CLIPTextModel.from_pretrained(str(tiny_pipeline / "text_encoder"))
+    with torch.no_grad():
+        before = start(ids)[0]
+
+    def drift(weight: str) -> float:
+        out = tmp_path / f"anchor-{weight}"
+        seen = run_recording(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "4",
+                              "--decoder-steps", "0", "--text-lr", "3e-2", "--text-anchor", weight,
+                              "--seed", "3", "--out", str(out), *TINY], ("text_encoder",))
+        moved = CLIPTextModel.from_pretrained(str(tiny_pipeline / "text_encoder"))
+        moved.load_state_dict(seen["text_encoder"])
+        with torch.no_grad():
+            return float(((moved(ids)[0] - before) ** 2).mean())
+
+    free, held = drift("0"), drift("1000")
+    assert free > 0 and held < 0.5 * free
+    state = json.loads((tmp_path / "anchor-1000" / "training_state.json").read_text())
+    assert state["text_anchor"] == 1000
+    assert "text_encoder_anchor" not in state["parameters"]
 
 
 def test_init_from_grows_the_unet_and_resumes_it(tiny_pipeline: Path, tmp_path: Path,
