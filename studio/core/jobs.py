@@ -336,6 +336,7 @@ class SeedTravel(Job):
     frames: int = 24
     steps: int = 20
     guidance_scale: float = 7.5
+    guidance_method: str = "cfg"  # as TextToImage's
     scheduler: str = "euler"
     width: int = 64
     height: int = 64
@@ -361,6 +362,7 @@ class PromptTravel(Job):
     frames: int = 24
     steps: int = 20
     guidance_scale: float = 7.5
+    guidance_method: str = "cfg"  # as TextToImage's
     scheduler: str = "euler"
     width: int = 64
     height: int = 64

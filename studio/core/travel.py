@@ -10,10 +10,12 @@ same image.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 from studio.core.errors import UserError
 from studio.core.export import Frames
+from studio.core.guidance import guidance_key, projected_guidance
 
 
 def frame_positions(job: Any) -> list[float]:
@@ -33,6 +35,7 @@ def _check(job: Any) -> None:
         raise UserError("Steps must be at least 1.")
     if job.width % 8 or job.height % 8:
         raise UserError("Width and height must be multiples of 8.")
+    guidance_key(job.guidance_method)
 
 
 def initial_noise(pipe: Any, seed: int, width: int, height: int) -> Any:
@@ -108,7 +111,8 @@ def _render(pipe: Any, ctx: Any, job: Any, latents: Any, embeds: dict[str, Any],
     # Ancestral schedulers draw fresh noise each step: a fixed generator per frame
     # keeps that noise the same for every frame and every rerun.
     generator = torch.Generator(device="cpu").manual_seed(int(job.seed_a))
-    with torch.inference_mode():
+    apg = guidance_key(job.guidance_method) == "apg"
+    with torch.inference_mode(), projected_guidance(pipe) if apg else nullcontext():
         out = pipe(
             **embeds,
             latents=latents.to(device, dtype),

@@ -35,6 +35,17 @@ def test_seed_travel_endpoints_are_the_image_panes_images(engine, tiny_pipeline)
     assert [p["t"] for p in travel.params] == [0.0, 0.5, 1.0]
 
 
+def test_apg_travel_endpoints_are_the_image_panes_apg_images(engine, tiny_pipeline):
+    travel = engine.run(_seed(tiny_pipeline, frames=2, guidance_method="apg", negative_prompt="blue"))
+    plain = engine.run(_seed(tiny_pipeline, frames=2, negative_prompt="blue"))
+    image = engine.run(TextToImage(model=str(tiny_pipeline), prompt="a red circle", seed=3, steps=2,
+                                   width=32, height=32, guidance_method="apg", negative_prompt="blue"))
+    assert np.abs(np.asarray(image.images[0]).astype(int) - travel.frames[0].astype(int)).max() <= 1
+    assert not np.array_equal(travel.frames[0], plain.frames[0])
+    with pytest.raises(UserError, match="Unknown guidance"):
+        engine.run(_seed(tiny_pipeline, guidance_method="warp"))
+
+
 def test_every_frame_reproduces_from_its_parameters(engine, tiny_pipeline):
     five = engine.run(_seed(tiny_pipeline, frames=5, scheduler="euler_a"))
     alone = engine.run(_seed(tiny_pipeline, at=(five.params[2]["t"],), scheduler="euler_a"))
@@ -85,3 +96,6 @@ def test_cli_travel_gif_frame_count(tiny_pipeline, tmp_path, capsys):
     assert Image.open(tmp_path / "p.png").size == (4 * 32, 32)
     assert main([*args, "--prompt-a", "only one", "-o", str(out)]) == 1
     assert "both --prompt-a and --prompt-b" in capsys.readouterr().err
+    assert main([*args, "--prompt", "a red circle", "--guidance", "cfg", "-o", str(tmp_path / "c.gif")]) == 0
+    assert main([*args, "--prompt", "a red circle", "--guidance", "warp", "-o", str(out)]) == 1
+    assert "Unknown guidance 'warp'" in capsys.readouterr().err

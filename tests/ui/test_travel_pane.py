@@ -75,11 +75,13 @@ def test_copy_from_the_image_pane(qtbot, pane, monkeypatch, tiny_pipeline):
 
         def requests(self):
             return [TextToImage(prompt="a blue star", negative_prompt="red", steps=3, seed=41,
-                                width=48, height=40, scheduler="euler_a", guidance_scale=5.0)]
+                                width=48, height=40, scheduler="euler_a", guidance_scale=5.0,
+                                guidance_method="cfg")]
 
     monkeypatch.setattr(pane, "_image_pane", lambda: FakeImagePane())
     assert pane.copy_from_image_pane()
     job = pane.request()
     assert (job.prompt, job.negative_prompt, job.steps, job.seed_a, job.seed_b) == ("a blue star", "red", 3, 41, 42)
     assert (job.width, job.height, job.scheduler, job.guidance_scale) == (48, 40, "euler_a", 5.0)
+    assert job.guidance_method == "cfg"
     assert pane.model_label.text() == str(tiny_pipeline)

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.errors import UserError
+from studio.core.guidance import GUIDANCE_METHODS
 from studio.core.jobs import ExportFrames, PromptTravel, SeedTravel
 from studio.ui.widgets.latent_views import (
     ExportButton,
@@ -98,6 +99,16 @@ class TravelPane(QWidget):
         self.cfg_box.setRange(0.0, 30.0)
         self.cfg_box.setSingleStep(0.5)
         self.cfg_box.setValue(float(getattr(self.settings, "guidance_scale", 7.5)))
+        self.guidance_box = QComboBox()
+        for key, name in GUIDANCE_METHODS.items():
+            self.guidance_box.addItem(name, key)
+        self.guidance_box.setToolTip("CFG, or APG: the same scale without flooding the frame "
+                                     "with one colour (as in the Image pane)")
+        self.guidance_box.setCurrentIndex(
+            max(0, self.guidance_box.findData(getattr(self.settings, "guidance_method", "apg"))))
+        cfg_row = QHBoxLayout()
+        cfg_row.addWidget(self.cfg_box, 1)
+        cfg_row.addWidget(self.guidance_box)
         self.scheduler_box = QComboBox()
         for key, name in SCHEDULERS.items():
             self.scheduler_box.addItem(name, key)
@@ -129,7 +140,7 @@ class TravelPane(QWidget):
         form.addRow("", self.travel_seeds)
         form.addRow("Frames", self.frames_box)
         form.addRow("Steps", self.steps_box)
-        form.addRow("CFG scale", self.cfg_box)
+        form.addRow("CFG scale", cfg_row)
         form.addRow("Sampler", self.scheduler_box)
         form.addRow("Size", size)
 
@@ -227,6 +238,7 @@ class TravelPane(QWidget):
         self.negative.setPlainText(request.negative_prompt)
         self.steps_box.setValue(request.steps)
         self.cfg_box.setValue(request.guidance_scale)
+        self.guidance_box.setCurrentIndex(max(0, self.guidance_box.findData(request.guidance_method)))
         index = self.scheduler_box.findData(request.scheduler)
         if index >= 0:
             self.scheduler_box.setCurrentIndex(index)
@@ -247,6 +259,7 @@ class TravelPane(QWidget):
             "frames": self.frames_box.value(),
             "steps": self.steps_box.value(),
             "guidance_scale": self.cfg_box.value(),
+            "guidance_method": str(self.guidance_box.currentData()),
             "scheduler": str(self.scheduler_box.currentData()),
             "width": self.width_box.value(),
             "height": self.height_box.value(),
