@@ -26,8 +26,8 @@ def register(sub: Any) -> None:
     gen.add_argument(
         "--guidance",
         default=None,
-        help="cfg (classifier-free guidance) or apg (adaptive projected guidance); "
-        "default: the Image pane's choice, APG unless changed",
+        help="cfg (classifier-free guidance), fdg (frequency-decoupled) or apg (adaptive "
+        "projected); default: the Image pane's choice, FDG unless changed",
     )
     gen.add_argument("--steps", default="30", help="denoising steps, default 30")
     gen.add_argument(

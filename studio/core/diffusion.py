@@ -16,13 +16,12 @@ import os
 import random
 import struct
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from studio.core.errors import UserError
-from studio.core.guidance import guidance_key, projected_guidance
+from studio.core.guidance import guidance_key, guidance_rule
 from studio.core.jobs import CountTokens, TextToImage
 from studio.core.metadata import SAMPLER_NAMES
 
@@ -491,9 +490,9 @@ def _generate(job: TextToImage, key: str, ctx: JobContext, outputs_dir: Path) ->
         return {}
 
     ctx.progress(0, job.steps, None)
-    # APG rewrites guided steps only; LCM models are guided by their embedding instead.
-    use_apg = job.guidance_method == "apg" and key != "lcm"
-    with torch.inference_mode(), projected_guidance(pipe) if use_apg else nullcontext():
+    # The rules rewrite guided steps only; LCM models are guided by their embedding instead.
+    rule = "cfg" if key == "lcm" else job.guidance_method
+    with torch.inference_mode(), guidance_rule(pipe, rule):
         out = pipe(
             prompt=job.prompt,
             negative_prompt=job.negative_prompt or None,

@@ -1,9 +1,17 @@
 """How a text-to-image step combines the prompt's prediction with the unconditional one.
 
-Two rules, both at the same scale w:
+Three rules, all at the same scale w:
 
 - ``cfg``: classifier-free guidance, ``u + w·(c − u)`` on the model's outputs, which
   is what the diffusers pipelines (and A1111, ComfyUI) do.
+- ``fdg``: frequency-decoupled guidance (Sadat, Vontobel, Salehi and Weber, "Guidance
+  in the Frequency Domain Enables High-Fidelity Sampling at Low CFG Scales", 2025) in
+  its simplest, two-band form: the part of ``c − u`` that is each latent channel's
+  mean over the image, the image's overall colour, is guided at ``1 + FDG_LOW_SHARE·(w −
+  1)``, the rest, shapes and edges, at w. Full-scale guidance of the mean is what
+  turns a short prompt such as "a black circle" into an empty black field; at a
+  third of the scale backgrounds still follow their prompts and stay as varied as
+  CFG leaves them.
 - ``apg``: adaptive projected guidance (Sadat, Hilliges and Weber, "Eliminating
   Oversaturation and Artifacts of High Guidance Scales in Diffusion Models", ICLR
   2025). The same difference ``c − u``, taken between the two *clean-image*
@@ -15,9 +23,9 @@ Two rules, both at the same scale w:
   an epsilon model) leaves that failure as it is, so the projection is done on
   clean-image estimates here, as in the paper.
 
-The pipelines compute CFG themselves; :func:`projected_guidance` makes them compute
-APG by rewriting the unconditional half of the UNet's batched output, so that the
-pipeline's own ``u' + w·(c − u')`` is the APG prediction. Everything else (schedulers,
+The pipelines compute CFG themselves; :func:`guidance_rule` makes them compute
+FDG or APG by rewriting the unconditional half of the UNet's batched output, so that the
+pipeline's own ``u' + w·(c − u')`` is the rule's prediction. Everything else (schedulers,
 callbacks, cancel) stays the pipeline's.
 """
 
@@ -30,10 +38,22 @@ from typing import Any
 from studio.core.errors import UserError
 
 # Keys (what requests carry) → the names the Image pane and the PNG parameters show.
-GUIDANCE_METHODS: dict[str, str] = {"cfg": "CFG", "apg": "APG"}
+GUIDANCE_METHODS: dict[str, str] = {"cfg": "CFG", "fdg": "FDG", "apg": "APG"}
+
+# What each rule does, in a sentence (the panes' tooltips).
+GUIDANCE_HELP: dict[str, str] = {
+    "cfg": "Classifier-free guidance, as in A1111 and ComfyUI",
+    "fdg": "Frequency-decoupled guidance: the full CFG scale for shapes and edges, a third "
+           "of it for the image's overall colour, so a short prompt's colour goes to its "
+           "object instead of flooding the image",
+    "apg": "Adaptive projected guidance: the CFG scale without the part of it that "
+           "oversaturates the image",
+}
 
 # Share of the parallel component APG keeps; the paper's recommended 0.
 APG_ETA = 0.0
+# Share of the guidance FDG gives each channel's image-wide mean.
+FDG_LOW_SHARE = 0.3
 
 
 def guidance_key(name: str) -> str:
@@ -61,6 +81,15 @@ def project_update(x0_cond: Any, x0_uncond: Any, eta: float = APG_ETA) -> Any:
     return (diff - parallel + eta * parallel).to(x0_cond.dtype)
 
 
+def split_update(x0_cond: Any, x0_uncond: Any, low: float = FDG_LOW_SHARE) -> Any:
+    """FDG's update: ``c − u`` with each channel's image-wide mean scaled by ``low``.
+
+    The split is linear, so it is the same on clean estimates as on noise predictions.
+    """
+    diff = x0_cond - x0_uncond
+    return diff - (1.0 - low) * diff.mean(dim=(-2, -1), keepdim=True)
+
+
 def _alpha_sigma(scheduler: Any, timestep: Any, like: Any) -> tuple[Any, Any]:
     """sqrt(ᾱ_t) and sqrt(1 − ᾱ_t) at the UNet's timestep (fractional ones interpolated)."""
     import torch
@@ -86,20 +115,30 @@ def _to_clean(prediction: Any, sample: Any, kind: str, a: float, s: float) -> tu
         return a * sample - s * prediction, -1.0 / s
     if kind == "sample":
         return prediction, 1.0
-    raise UserError(f"APG does not know the prediction type {kind!r}; use CFG for this model.")
+    raise UserError(f"Guidance other than CFG does not know the prediction type {kind!r}; "
+                    "use CFG for this model.")
 
 
 @contextmanager
-def projected_guidance(pipe: Any, eta: float = APG_ETA) -> Iterator[None]:
-    """While inside, ``pipe``'s classifier-free guidance steps compute APG instead.
+def guidance_rule(pipe: Any, method: str, *, eta: float = APG_ETA,
+                  low: float = FDG_LOW_SHARE) -> Iterator[None]:
+    """While inside, ``pipe``'s classifier-free guidance steps follow ``method`` (a key or
+    name of GUIDANCE_METHODS; "cfg" leaves the pipeline as it is).
 
     Applies to the steps where the pipeline batches the unconditional (or negative)
     prompt first and the prompt second, as the Stable Diffusion pipelines do whenever
     their guidance scale is above 1; other calls pass through untouched.
     """
+    key = guidance_key(method)
+    if key == "cfg":
+        yield
+        return
     kind = str(pipe.scheduler.config.get("prediction_type", "epsilon"))
 
     import torch
+
+    def rule(cond: Any, uncond: Any) -> Any:
+        return project_update(cond, uncond, eta) if key == "apg" else split_update(cond, uncond, low)
 
     def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
         if not getattr(pipe, "do_classifier_free_guidance", False):
@@ -114,7 +153,7 @@ def projected_guidance(pipe: Any, eta: float = APG_ETA) -> Iterator[None]:
         x_uncond, x_cond = sample.chunk(2)
         clean_uncond, _ = _to_clean(pred_uncond, x_uncond, kind, a, s)
         clean_cond, slope = _to_clean(pred_cond, x_cond, kind, a, s)
-        update = project_update(clean_cond, clean_uncond, eta)
+        update = rule(clean_cond, clean_uncond)
         # The pipeline computes u' + w·(c − u') = c + (w − 1)·(c − u'); this u' makes
         # that the prediction whose clean estimate is c + (w − 1)·update.
         rewritten = pred_cond - slope * update

@@ -103,8 +103,8 @@ class TextToImage(Job):
     prompt: str
     negative_prompt: str = ""
     guidance_scale: float = 7.5
-    # "cfg" (classifier-free guidance, what every other tool does) or "apg"
-    # (adaptive projected guidance); see studio.core.guidance.
+    # "cfg" (classifier-free guidance, what every other tool does), "fdg" or "apg";
+    # see studio.core.guidance.
     guidance_method: str = "cfg"
     steps: int = 30
     scheduler: str = "euler"

@@ -10,12 +10,11 @@ same image.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Any
 
 from studio.core.errors import UserError
 from studio.core.export import Frames
-from studio.core.guidance import guidance_key, projected_guidance
+from studio.core.guidance import guidance_key, guidance_rule
 
 
 def frame_positions(job: Any) -> list[float]:
@@ -111,8 +110,7 @@ def _render(pipe: Any, ctx: Any, job: Any, latents: Any, embeds: dict[str, Any],
     # Ancestral schedulers draw fresh noise each step: a fixed generator per frame
     # keeps that noise the same for every frame and every rerun.
     generator = torch.Generator(device="cpu").manual_seed(int(job.seed_a))
-    apg = guidance_key(job.guidance_method) == "apg"
-    with torch.inference_mode(), projected_guidance(pipe) if apg else nullcontext():
+    with torch.inference_mode(), guidance_rule(pipe, job.guidance_method):
         out = pipe(
             **embeds,
             latents=latents.to(device, dtype),

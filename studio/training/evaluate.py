@@ -20,7 +20,6 @@ caches) the attribute classifier, then scores each model:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -192,15 +191,15 @@ def generate(pipe: Any, prompts: list[str], guidance: float, steps: int, seed: i
              ) -> tuple[np.ndarray, float]:
     """Images (N,64,64,3) uint8 and seconds per image; image i uses seed ``seed + i``.
 
-    ``guidance_method`` "apg" guides the pipeline as the Image pane does with APG.
+    ``guidance_method`` ("cfg", "fdg" or "apg") guides the pipeline as the Image pane does.
     """
     import torch
 
-    from studio.core.guidance import projected_guidance
+    from studio.core.guidance import guidance_rule
 
     out = []
     started = time.perf_counter()
-    with projected_guidance(pipe) if guidance_method == "apg" else contextlib.nullcontext():
+    with guidance_rule(pipe, guidance_method):
         for i in range(0, len(prompts), batch):
             chunk = prompts[i:i + batch]
             gens = [torch.Generator().manual_seed(seed + i + k) for k in range(len(chunk))]
@@ -234,8 +233,8 @@ def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps:
                        scheduler: str | None = None, guidance_rescale: float = 0.0,
                        guidance_method: str = "cfg") -> dict:
     """Scores of the pipeline folder at ``path``; ``scheduler`` (a key of the studio's
-    sampler list, e.g. "euler") replaces the folder's own, and ``guidance_method`` ("cfg"
-    or "apg") picks the guidance rule, as the Image pane does."""
+    sampler list, e.g. "euler") replaces the folder's own, and ``guidance_method`` ("cfg",
+    "fdg" or "apg") picks the guidance rule, as the Image pane does."""
     pipe = load_pipeline(path)
     if scheduler:
         from studio.core.diffusion import scheduler_from_config
@@ -522,10 +521,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--guidance-rescale", type=float, default=0.0, metavar="R",
                         help="rescale the guided prediction toward the conditional one's "
                              "spread (0 to 1; default 0: plain classifier-free guidance)")
-    parser.add_argument("--guidance-method", choices=("cfg", "apg"), default="cfg",
+    parser.add_argument("--guidance-method", choices=("cfg", "fdg", "apg"), default="cfg",
                         help="diffusion guidance rule: cfg (the pipeline's classifier-free "
-                             "guidance, default) or apg (adaptive projected guidance, as the "
-                             "Image pane offers)")
+                             "guidance, default), fdg (frequency-decoupled) or apg (adaptive "
+                             "projected), as the Image pane offers them")
     parser.add_argument("--seed", type=int, default=0,
                         help="diffusion prompt set and noise, and the GAN's z (default 0; "
                              "1000 gives a second set)")

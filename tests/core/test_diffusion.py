@@ -175,15 +175,16 @@ def test_every_scheduler_runs(engine, tiny_pipeline, scheduler):
     assert parameters_to_request(params)["scheduler"] == scheduler
 
 
-def test_projected_guidance_changes_the_image_and_is_recorded(engine, tiny_pipeline):
+@pytest.mark.parametrize("method", ["FDG", "APG"])
+def test_other_guidance_rules_change_the_image_and_are_recorded(engine, tiny_pipeline, method):
     plain = engine.run(_job(tiny_pipeline, negative_prompt="blue"), timeout=60)
-    projected = engine.run(_job(tiny_pipeline, negative_prompt="blue", guidance_method="APG"), timeout=60)
+    projected = engine.run(_job(tiny_pipeline, negative_prompt="blue", guidance_method=method), timeout=60)
     assert not np.array_equal(_pixels(plain)[0], _pixels(projected)[0])
-    assert projected.request.guidance_method == "apg"
+    assert projected.request.guidance_method == method.lower()
     params = parse_parameters(read_png_text(projected.paths[0])["parameters"])
-    assert params["Guidance"] == "APG"
-    assert parameters_to_request(params)["guidance_method"] == "apg"
-    assert read_png_request(projected.paths[0])["guidance_method"] == "apg"
+    assert params["Guidance"] == method
+    assert parameters_to_request(params)["guidance_method"] == method.lower()
+    assert read_png_request(projected.paths[0])["guidance_method"] == method.lower()
     assert "Guidance" not in parse_parameters(read_png_text(plain.paths[0])["parameters"])
     # The pipeline is cached between jobs: the next CFG job is CFG again.
     again = engine.run(_job(tiny_pipeline, negative_prompt="blue"), timeout=60)

@@ -3,13 +3,14 @@ import pytest
 import torch
 
 from studio.core.errors import UserError
-from studio.core.guidance import guidance_key, project_update, projected_guidance
+from studio.core.guidance import guidance_key, guidance_rule, project_update, split_update
 
 
 def test_keys_and_display_names():
     assert guidance_key("apg") == "apg"
     assert guidance_key(" APG ") == "apg"
     assert guidance_key("CFG") == "cfg"
+    assert guidance_key("fdg") == "fdg"
     with pytest.raises(UserError, match="Unknown guidance 'warp'"):
         guidance_key("warp")
 
@@ -27,6 +28,18 @@ def test_the_update_loses_its_component_along_the_conditional_estimate():
     assert torch.allclose(project_update(cond, uncond, eta=1.0), cond - uncond, atol=1e-6)
     # A difference along the conditional estimate (pure saturation) is removed entirely.
     assert torch.allclose(project_update(cond, cond * 0.25), torch.zeros_like(cond), atol=1e-5)
+
+
+def test_the_split_update_scales_each_channels_mean_only():
+    gen = torch.Generator().manual_seed(2)
+    cond = torch.randn(2, 4, 8, 8, generator=gen)
+    uncond = torch.randn(2, 4, 8, 8, generator=gen)
+    diff = cond - uncond
+    mean = diff.mean(dim=(2, 3), keepdim=True)
+    update = split_update(cond, uncond, low=0.25)
+    assert torch.allclose(update.mean(dim=(2, 3), keepdim=True), 0.25 * mean, atol=1e-6)
+    assert torch.allclose(update - update.mean(dim=(2, 3), keepdim=True), diff - mean, atol=1e-6)
+    assert torch.allclose(split_update(cond, uncond, low=1.0), diff, atol=1e-6)
 
 
 def test_the_update_matches_diffusers_apg():
@@ -54,20 +67,23 @@ def _images(pipe, guidance, **kw):
     return out.images.numpy()
 
 
+@pytest.mark.parametrize("method, as_cfg", [("apg", {"eta": 1.0}), ("fdg", {"low": 1.0})])
 @pytest.mark.parametrize("scheduler", ["euler", "ddim"])
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
-def test_keeping_the_parallel_part_reproduces_the_pipelines_own_guidance(pipe, scheduler, prediction):
-    # eta = 1 is CFG again, so this checks the rewrite of the batch end to end: the
-    # clean-estimate conversions, Euler's scaled input and the pipeline's own formula.
+def test_each_rule_at_its_cfg_setting_reproduces_the_pipelines_guidance(pipe, method, as_cfg,
+                                                                       scheduler, prediction):
+    # APG keeping the parallel part, or FDG guiding the mean fully, is CFG again, so this
+    # checks the rewrite of the batch end to end: the clean-estimate conversions, Euler's
+    # scaled input and the pipeline's own formula.
     from studio.core.diffusion import scheduler_from_config
 
     base = pipe.scheduler
     pipe.scheduler = scheduler_from_config(scheduler, {**base.config, "prediction_type": prediction})
     try:
         plain = _images(pipe, 7.5)
-        with projected_guidance(pipe, eta=1.0):
+        with guidance_rule(pipe, method, **as_cfg):
             same = _images(pipe, 7.5)
-        with projected_guidance(pipe):
+        with guidance_rule(pipe, method):
             projected = _images(pipe, 7.5)
         unguided = _images(pipe, 1.0)
     finally:
@@ -81,12 +97,14 @@ def test_keeping_the_parallel_part_reproduces_the_pipelines_own_guidance(pipe, s
 
 def test_no_guidance_means_no_change_and_the_hook_goes_away(pipe):
     plain = _images(pipe, 1.0)
-    with projected_guidance(pipe):
+    with guidance_rule(pipe, "apg"):
         assert len(pipe.unet._forward_hooks) == 1
         unguided = _images(pipe, 1.0)
     assert np.array_equal(plain, unguided)
     assert len(pipe.unet._forward_hooks) == 0
-    with pytest.raises(RuntimeError), projected_guidance(pipe):
+    with guidance_rule(pipe, "cfg"):
+        assert len(pipe.unet._forward_hooks) == 0
+    with pytest.raises(RuntimeError), guidance_rule(pipe, "fdg"):
         raise RuntimeError("a failed step")
     assert len(pipe.unet._forward_hooks) == 0
 
@@ -97,7 +115,7 @@ def test_an_unknown_prediction_type_is_named(pipe):
     base = pipe.scheduler
     pipe.scheduler = DDIMScheduler.from_config({**base.config, "prediction_type": "flow"})
     try:
-        with pytest.raises(UserError, match="prediction type 'flow'"), projected_guidance(pipe):
+        with pytest.raises(UserError, match="prediction type 'flow'"), guidance_rule(pipe, "fdg"):
             _images(pipe, 7.5)
     finally:
         pipe.scheduler = base

@@ -144,7 +144,7 @@ def test_cancel_from_the_status_bar_stops_the_job_and_saves_nothing(qtbot, make_
 
 
 def test_apply_parameters_and_reuse_last_seed(qtbot, pane):
-    assert pane.guidance_box.currentData() == "apg"  # the pane's default
+    assert pane.guidance_box.currentData() == "fdg"  # the pane's default
     pane.apply_parameters(
         {"prompt": "a green star", "negative_prompt": "dark", "steps": 5, "guidance_scale": 4.0,
          "guidance_method": "cfg", "scheduler": "ddim", "seed": 42, "width": 48, "height": 56,

@@ -28,10 +28,10 @@ from PySide6.QtWidgets import (
 
 from studio.core.engine import CallJob, JobContext
 from studio.core.errors import UserError
-from studio.core.guidance import GUIDANCE_METHODS
 from studio.core.jobs import CountTokens, TextToImage
 from studio.core.settings import Settings
 from studio.ui.bridge import Bridge
+from studio.ui.widgets.guidance_box import guidance_box, select_guidance
 from studio.ui.widgets.image_view import ImageView, to_qimage, untinted_icon
 from studio.ui.widgets.seed_field import FIXED, MAX_SEED, RANDOM, REUSE, SeedField
 from studio.ui.widgets.slider_spin import SliderSpin
@@ -152,23 +152,7 @@ class ImagePane(QWidget):
         self.steps.setObjectName("stepsField")
         self.cfg = SliderSpin(0.0, 30.0, 7.5, step=0.5, decimals=1)
         self.cfg.setObjectName("cfgField")
-        self.guidance_box = QComboBox()
-        self.guidance_box.setObjectName("guidanceBox")
-        for key, name in GUIDANCE_METHODS.items():
-            self.guidance_box.addItem(name, key)
-        self.guidance_box.setItemData(
-            0, "Classifier-free guidance, as in A1111 and ComfyUI", Qt.ItemDataRole.ToolTipRole
-        )
-        self.guidance_box.setItemData(
-            1,
-            "Adaptive projected guidance: the same CFG scale without the part of it that "
-            "floods the whole image with one colour",
-            Qt.ItemDataRole.ToolTipRole,
-        )
-        self.guidance_box.setToolTip(
-            "How the CFG scale pushes toward the prompt. APG keeps high scales from "
-            "oversaturating; CFG reproduces other tools' images."
-        )
+        self.guidance_box = guidance_box(self.settings.guidance_method)
         cfg_row = QHBoxLayout()
         cfg_row.addWidget(self.cfg, 1)
         cfg_row.addWidget(self.guidance_box)
@@ -318,7 +302,7 @@ class ImagePane(QWidget):
         self.prompt_edit.setPlainText(s.last_prompt)
         self.negative_edit.setPlainText(s.last_negative_prompt)
         self.cfg.setValue(s.guidance_scale)
-        self._select_guidance(s.guidance_method)
+        select_guidance(self.guidance_box, s.guidance_method)
         self.steps.setValue(s.steps)
         self._select_scheduler(s.scheduler)
         self.width_box.setValue(s.width)
@@ -351,12 +335,6 @@ class ImagePane(QWidget):
 
     def settings_changed(self) -> None:
         self.refresh_models()
-
-    def _select_guidance(self, key: str) -> bool:
-        index = self.guidance_box.findData(key)
-        if index >= 0:
-            self.guidance_box.setCurrentIndex(index)
-        return index >= 0
 
     def _select_scheduler(self, key: str) -> bool:
         index = self.scheduler_box.findData(key)
@@ -472,7 +450,7 @@ class ImagePane(QWidget):
         if isinstance(params.get("seed"), int) and 0 <= params["seed"] <= MAX_SEED:
             self.seed.set_seed(params["seed"])
         method = params.get("guidance_method")
-        if method and not self._select_guidance(str(method)):
+        if method and not select_guidance(self.guidance_box, str(method)):
             notes.append(f"guidance {method!r} is not available here")
         scheduler = params.get("scheduler")
         if scheduler and not self._select_scheduler(str(scheduler)):

@@ -29,8 +29,8 @@ from PySide6.QtWidgets import (
 )
 
 from studio.core.errors import UserError
-from studio.core.guidance import GUIDANCE_METHODS
 from studio.core.jobs import ExportFrames, PromptTravel, SeedTravel
+from studio.ui.widgets.guidance_box import guidance_box, select_guidance
 from studio.ui.widgets.latent_views import (
     ExportButton,
     FramePlayer,
@@ -99,13 +99,7 @@ class TravelPane(QWidget):
         self.cfg_box.setRange(0.0, 30.0)
         self.cfg_box.setSingleStep(0.5)
         self.cfg_box.setValue(float(getattr(self.settings, "guidance_scale", 7.5)))
-        self.guidance_box = QComboBox()
-        for key, name in GUIDANCE_METHODS.items():
-            self.guidance_box.addItem(name, key)
-        self.guidance_box.setToolTip("CFG, or APG: the same scale without flooding the frame "
-                                     "with one colour (as in the Image pane)")
-        self.guidance_box.setCurrentIndex(
-            max(0, self.guidance_box.findData(getattr(self.settings, "guidance_method", "apg"))))
+        self.guidance_box = guidance_box(getattr(self.settings, "guidance_method", "cfg"))
         cfg_row = QHBoxLayout()
         cfg_row.addWidget(self.cfg_box, 1)
         cfg_row.addWidget(self.guidance_box)
@@ -238,7 +232,7 @@ class TravelPane(QWidget):
         self.negative.setPlainText(request.negative_prompt)
         self.steps_box.setValue(request.steps)
         self.cfg_box.setValue(request.guidance_scale)
-        self.guidance_box.setCurrentIndex(max(0, self.guidance_box.findData(request.guidance_method)))
+        select_guidance(self.guidance_box, request.guidance_method)
         index = self.scheduler_box.findData(request.scheduler)
         if index >= 0:
             self.scheduler_box.setCurrentIndex(index)
