@@ -56,6 +56,7 @@ def test_parses_a_real_a1111_string():
         "width": 512,
         "height": 768,
         "scheduler": "dpmpp_2m",
+        "guidance_method": "cfg",
         "model": "anything-v5",
     }
     TextToImage(**kwargs)
