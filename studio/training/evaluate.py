@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from studio.core.guidance import GUIDANCE_METHODS, guidance_rule
 from studio.training import scene_fit, world
 from studio.training.classifier import (
     CONFIDENT,
@@ -194,8 +195,6 @@ def generate(pipe: Any, prompts: list[str], guidance: float, steps: int, seed: i
     ``guidance_method`` ("cfg", "fdg" or "apg") guides the pipeline as the Image pane does.
     """
     import torch
-
-    from studio.core.guidance import guidance_rule
 
     out = []
     started = time.perf_counter()
@@ -521,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--guidance-rescale", type=float, default=0.0, metavar="R",
                         help="rescale the guided prediction toward the conditional one's "
                              "spread (0 to 1; default 0: plain classifier-free guidance)")
-    parser.add_argument("--guidance-method", choices=("cfg", "fdg", "apg"), default="cfg",
+    parser.add_argument("--guidance-method", choices=tuple(GUIDANCE_METHODS), default="cfg",
                         help="diffusion guidance rule: cfg (the pipeline's classifier-free "
                              "guidance, default), fdg (frequency-decoupled) or apg (adaptive "
                              "projected), as the Image pane offers them")

@@ -152,7 +152,7 @@ class ImagePane(QWidget):
         self.steps.setObjectName("stepsField")
         self.cfg = SliderSpin(0.0, 30.0, 7.5, step=0.5, decimals=1)
         self.cfg.setObjectName("cfgField")
-        self.guidance_box = guidance_box(self.settings.guidance_method)
+        self.guidance_box = guidance_box()  # _restore selects the saved rule
         cfg_row = QHBoxLayout()
         cfg_row.addWidget(self.cfg, 1)
         cfg_row.addWidget(self.guidance_box)
