@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import shutil
@@ -133,6 +134,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "encoder's states for the empty caption and every one- or two-word "
                              "attribute list from those it started with, so the unconditional "
                              "branch and negative prompts keep what they mean (default 0)")
+    parser.add_argument("--star-weight", type=float, default=1.0, metavar="W",
+                        help="count the UNet's loss on scenes whose caption names a star W times, "
+                             "normalised over the batch; stars are the shape the model draws "
+                             "worst (default 1: every scene alike)")
+    parser.add_argument("--decoder-small-stars", type=float, default=0.0, metavar="P",
+                        help="with --decoder-only: redraw this share of each one-object decoder "
+                             "batch as a small star of the same colour, place and background, "
+                             "the scene the autoencoder loses most often (default 0)")
     parser.add_argument("--layers-per-block", type=int, default=None,
                         help="resnet (and attention) layers in each UNet block (default 1); with "
                              "--init-from, a shallower UNet grows to this depth, its new layers "
@@ -531,15 +540,34 @@ def object_neighbourhood(images: np.ndarray, reach: int = 2) -> np.ndarray:
     return torch.nn.functional.max_pool2d(pixels, 2 * reach + 1, stride=1, padding=reach).numpy()
 
 
+def as_small_stars(scenes: list[world.Scene], share: float,
+                   rng: np.random.Generator) -> np.ndarray | None:
+    """The first ``share`` of one-object ``scenes`` repainted as small stars (same colour, place
+    and background, new radius and angle), the rest unchanged; None when there is nothing to do."""
+    k = int(round(share * len(scenes)))
+    if k == 0 or any(s.tier != 1 for s in scenes):
+        return None
+    lo, hi = world.SIZE_RADII["small"]
+    objects = [
+        [dataclasses.replace(s.objects[0], shape="star", size="small",
+                             radius=float(rng.uniform(lo, hi)),
+                             angle=float(rng.uniform(0, 2 * np.pi)))] if i < k else list(s.objects)
+        for i, s in enumerate(scenes)]
+    return world.render_from_specs([s.background for s in scenes], objects)
+
+
 def finetune_decoder(vae: Any, steps: int, batch: int, device: str, seed: int,
-                     denoiser: Denoiser | None = None, object_weight: float = 0.0) -> dict:
+                     denoiser: Denoiser | None = None, object_weight: float = 0.0,
+                     small_stars: float = 0.0) -> dict:
     """Sharpen the decoder with the encoder frozen, as Stable Diffusion's ft-MSE decoder.
 
     The latent space the UNet learned stays exactly the same; only the map back
     to pixels improves. Latents are sampled from the posterior, like the UNet's
     training targets, so the decoder also cleans up slightly-off latents. With a
     ``denoiser``, every other batch is decoded from the UNet's estimate of the
-    latent instead, and still has to give back the real scene.
+    latent instead, and still has to give back the real scene. ``small_stars`` P redraws
+    that share of each one-object batch as small stars: the decoder reconstructs and draws
+    no samples, so extra stars teach it the hardest scene without shifting what is generated.
     """
     import torch
 
@@ -552,13 +580,17 @@ def finetune_decoder(vae: Any, steps: int, batch: int, device: str, seed: int,
     vae.encoder.eval()
     vae.decoder.train()
     base = 3 * 10**9 + seed * 10**8
+    star_rng = np.random.default_rng((seed, 77))
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = 5e-4 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
         denoised = denoiser is not None and step % 2 == 1
-        images, captions, _ = world.render_batch(
+        images, captions, scenes = world.render_batch(
             range(base + step * batch, base + (step + 1) * batch),
             tier=1 if step % 4 else 2, caption_style="random" if denoised else "empty")
+        if small_stars and not denoised:
+            stars = as_small_stars(scenes, small_stars, star_rng)
+            images = images if stars is None else stars
         x = to_tensor(images, device)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample()
@@ -588,6 +620,9 @@ def decoder_only(args: argparse.Namespace) -> None:
     """Fine-tune the decoder of the finished pipeline in ``args.out`` and save it in place."""
     from diffusers import AutoencoderKL
 
+    small_stars = float(getattr(args, "decoder_small_stars", 0.0) or 0.0)
+    if not 0.0 <= small_stars <= 1.0:
+        raise TrainError(f"--decoder-small-stars must be in [0, 1], got {small_stars}")
     out = Path(args.out)
     if not (out / "vae" / "config.json").is_file():
         raise TrainError(f"--decoder-only: no pipeline with a vae/ folder in {out}")
@@ -599,17 +634,30 @@ def decoder_only(args: argparse.Namespace) -> None:
     denoiser = Denoiser.load(out, max_t, device, int(args.seed or 0)) if max_t else None
     info = finetune_decoder(vae, steps, state_batch(getattr(args, "preset", "full"),
                                                     int(args.batch_size)),
-                            device, int(args.seed or 0), denoiser, object_weight)
+                            device, int(args.seed or 0), denoiser, object_weight, small_stars)
     if max_t:
         info["decoder_denoised_max_t"] = max_t
     if object_weight:
         info["decoder_object_weight"] = object_weight
+    if small_stars:
+        info["decoder_small_stars"] = small_stars
     vae.save_pretrained(str(out / "vae"), safe_serialization=True)
     state_file = out / "training_state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     state.update(info)
     write_json(state_file, state)
     print(f"saved {out / 'vae'}")
+
+
+def star_scene_weights(captions: list[str], star_weight: float) -> np.ndarray:
+    """Per-scene loss weights (float32): ``star_weight`` for a caption the world's grammar
+    reads as asking for a star, 1 for every other caption, the empty one and colour or
+    shape lists such as "star, circle" (negative prompts' form, which draw nothing)."""
+    def names_star(caption: str) -> bool:
+        parsed = world.parse_caption(caption) if caption else None
+        objects = (parsed.get("objects") or [parsed]) if parsed else []
+        return any(o.get("shape") == "star" for o in objects)
+    return np.array([star_weight if names_star(c) else 1.0 for c in captions], np.float32)
 
 
 def tokenize(tokenizer: Any, captions: list[str], device: str) -> Any:
@@ -645,7 +693,7 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
                start: int, state: dict, modules: dict, seed: int,
                max_seconds: float | None = None, object_weight: float = 0.0,
                snr_gamma: float = MIN_SNR_GAMMA, low_noise: tuple[float, int] = (0.0, 300),
-               text_lr: float = 0.0, text_anchor: float = 0.0) -> None:
+               text_lr: float = 0.0, text_anchor: float = 0.0, star_weight: float = 1.0) -> None:
     """Epsilon MSE with min-SNR weighting; ``object_weight`` W counts the latent pixels
     that cover an object 1 + W times, so that the few that carry a corner or a point
     are not outweighed by the flat background.
@@ -658,7 +706,10 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     ``text_lr`` > 0 trains the (pre-trained) text encoder as well, so the UNet's loss
     can shape the states it reads; its weight average is kept beside the UNet's.
     ``text_anchor`` W > 0 adds W times the drift of the :func:`anchor_captions` states from
-    the encoder the phase began with (``modules["text_encoder_anchor"]``)."""
+    the encoder the phase began with (``modules["text_encoder_anchor"]``).
+    ``star_weight`` W counts scenes whose caption names a star W times, normalised over the
+    batch; empty captions and attribute lists keep weight 1, so the unconditional branch
+    and negative prompts still learn the world's own mix of shapes."""
     import torch
 
     ema = modules.get("unet_ema")
@@ -684,6 +735,7 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
             anchor_states = anchor(anchor_ids)[0]
     means, stds, masks = cache
     n = means.shape[0]
+    scene_weight = torch.from_numpy(star_scene_weights(captions, star_weight))
     gen = torch.Generator().manual_seed(seed * 7919 + start)
     bar = Progress(steps, start, desc="unet+text")
     last_save = time.monotonic()
@@ -723,7 +775,8 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
             weighted = weighted_image_mean(error, weight)
         else:
             weighted = per_sample
-        loss = (weighted * min_snr_weights(scheduler, t, snr_gamma)).mean()
+        w = scene_weight[idx].to(device, error.dtype)
+        loss = (weighted * min_snr_weights(scheduler, t, snr_gamma) * w).sum() / w.sum()
         if anchor is not None and text_anchor > 0:
             loss = loss + text_anchor * ((text_encoder(anchor_ids)[0] - anchor_states) ** 2).mean()
         opt.zero_grad(set_to_none=True)
@@ -824,6 +877,9 @@ def train(args: argparse.Namespace) -> None:
     text_anchor = float(getattr(args, "text_anchor", 0.0) or 0.0)
     if text_anchor < 0:
         raise TrainError(f"--text-anchor must be zero or positive, got {text_anchor}")
+    star_weight = float(getattr(args, "star_weight", 1.0))
+    if star_weight <= 0:
+        raise TrainError(f"--star-weight must be positive, got {star_weight}")
     if text_anchor and not text_lr:
         raise TrainError("--text-anchor holds the text encoder that --text-lr trains; give both")
     layers = getattr(args, "layers_per_block", None)
@@ -899,6 +955,7 @@ def train(args: argparse.Namespace) -> None:
         **({"low_noise_share": low_share, "low_noise_max": low_max} if low_share else {}),
         **({"text_lr": text_lr} if text_lr else {}),
         **({"text_anchor": text_anchor} if text_anchor else {}),
+        **({"star_weight": star_weight} if star_weight != 1.0 else {}),
         "layers_per_block": int(unet.config.layers_per_block),
     }
     state.update(state_init)
@@ -938,7 +995,8 @@ def train(args: argparse.Namespace) -> None:
                    float(getattr(args, "lr", 6e-4)), device, out, start, state, modules, seed,
                    max_seconds=max_minutes * 60 if max_minutes else None,
                    object_weight=object_weight, snr_gamma=snr_gamma,
-                   low_noise=(low_share, low_max), text_lr=text_lr, text_anchor=text_anchor)
+                   low_noise=(low_share, low_max), text_lr=text_lr, text_anchor=text_anchor,
+                   star_weight=star_weight)
     decoder_steps = getattr(args, "decoder_steps", None)
     decoder_steps = int(decoder_steps) if decoder_steps is not None else min(1200, steps)
     if decoder_steps > 0:

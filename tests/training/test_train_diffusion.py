@@ -116,6 +116,9 @@ def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
     (["shapes-diffusion", "--text-lr", "1e-3", "--text-anchor", "-1"],
      "--text-anchor must be zero or positive"),
     (["shapes-diffusion", "--text-anchor", "10"], "give both"),
+    (["shapes-diffusion", "--star-weight", "0"], "--star-weight must be positive"),
+    (["shapes-diffusion", "--decoder-only", "--decoder-small-stars", "1.5"],
+     "--decoder-small-stars must be in [0, 1]"),
 ])
 def test_bad_arguments_give_one_line_errors(argv: list[str], message: str, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
@@ -530,3 +533,80 @@ def test_name_probability_reaches_the_training_captions() -> None:
     assert len(one_object) > 150
     assert all(c in {f"a {s}" for s in world.SHAPES} for c in one_object)
     assert sum(c in one_object for c in usual_caps) < 10
+
+
+def test_star_scene_weights_weigh_captions_that_name_a_star() -> None:
+    from studio.training.train_diffusion import star_scene_weights
+
+    captions = ["a star", "a small red star on the left", "a red star to the left of a blue circle",
+                "a blue background with a small red star at the top",
+                "large white star, purple background", "a circle above a star",
+                "", "a circle", "star, circle", "circle, star", "red, blue",
+                "a blue circle on a star background"]
+    weights = star_scene_weights(captions, 3.0)
+    assert weights.tolist() == [3.0] * 6 + [1.0] * 6
+    assert star_scene_weights(captions, 1.0).tolist() == [1.0] * len(captions)
+
+
+def test_star_weight_changes_the_unet_update_and_is_recorded(tiny_pipeline: Path,
+                                                             tmp_path: Path) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from studio.training import train_diffusion
+
+    # the tiny cache and first batch these arguments draw hold a star next to other scenes
+    unets = {}
+    for weight in ("1", "5"):
+        out = tmp_path / f"w{weight}"
+        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                     "--decoder-steps", "0", "--star-weight", weight, "--seed", "3",
+                     "--out", str(out), *TINY[:2], "--batch-size", "8", *TINY[4:]]) == 0
+        unets[weight] = UNet2DConditionModel.from_pretrained(str(out / "unet"))
+        state = json.loads((out / "training_state.json").read_text())
+        assert state.get("star_weight", 1.0) == float(weight)
+    assert any(not torch.equal(a, b) for a, b in
+               zip(unets["1"].parameters(), unets["5"].parameters(), strict=True))
+    assert train_diffusion.star_scene_weights(["a star", "a circle"], 5.0).sum() == 6.0
+
+
+def test_as_small_stars_repaints_the_first_share_as_small_stars() -> None:
+    from studio.training import world
+    from studio.training.train_diffusion import as_small_stars
+
+    images, _, scenes = world.render_batch(range(100, 116), tier=1, caption_style="empty")
+    stars = as_small_stars(scenes, 0.25, np.random.default_rng(0))
+    assert stars is not None and stars.shape == images.shape
+    assert np.array_equal(stars[4:], images[4:])
+    palette = {k: np.array(v, np.uint8) for k, v in world.COLOURS.items()}
+    for i in range(4):
+        scene = scenes[i]
+        background = np.all(stars[i] == palette[scene.background], axis=-1)
+        obj = np.all(stars[i] == palette[scene.objects[0].colour], axis=-1)
+        # the same colours on the same background, the object now a small one
+        assert background.mean() > 0.85 and 0 < obj.sum() < np.pi * 12 ** 2
+        assert background[0, 0] and background[-1, -1]
+    assert as_small_stars(scenes, 0.0, np.random.default_rng(0)) is None
+    _, _, pairs = world.render_batch(range(4), tier=2, caption_style="empty")
+    assert as_small_stars(pairs, 0.5, np.random.default_rng(0)) is None
+
+
+def test_decoder_small_stars_changes_the_decoder_and_is_recorded(tiny_pipeline: Path,
+                                                                 tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    decoders = {}
+    for share in ("0", "1"):
+        copy = tmp_path / f"s{share}"
+        shutil.copytree(tiny_pipeline, copy)
+        # step 1 of 2 is a one-object batch (step 0 is tier 2, which stays as rendered)
+        assert main(["shapes-diffusion", "--decoder-only", "--decoder-steps", "2", "--seed", "2",
+                     "--decoder-small-stars", share, "--out", str(copy), *TINY]) == 0
+        decoders[share] = AutoencoderKL.from_pretrained(str(copy / "vae")).decoder
+        state = json.loads((copy / "training_state.json").read_text())
+        assert state.get("decoder_small_stars", 0.0) == float(share)
+    assert any(not torch.equal(a, b) for a, b in
+               zip(decoders["0"].parameters(), decoders["1"].parameters(), strict=True))
