@@ -501,24 +501,32 @@ def test_object_neighbourhood_covers_the_object_and_a_two_pixel_ring() -> None:
         assert ring.sum() > pixels.sum()
 
 
-def test_decoder_object_weight_changes_the_decoder_and_is_recorded(tiny_pipeline: Path,
-                                                                   tmp_path: Path) -> None:
+def decoder_flag_runs(tiny_pipeline: Path, tmp_path: Path, flag: str, values: tuple[str, str],
+                      state_key: str, steps: str = "1") -> None:
+    """Fine-tune a copy of the tiny decoder once per value of ``flag`` (same seed and scenes):
+    the two decoders must differ and each run's state must record its value."""
     import shutil
 
     import torch
     from diffusers import AutoencoderKL
 
-    decoders = {}
-    for weight in ("0", "9"):
-        copy = tmp_path / f"w{weight}"
+    decoders = []
+    for value in values:
+        copy = tmp_path / f"{flag.strip('-')}-{value}"
         shutil.copytree(tiny_pipeline, copy)
-        assert main(["shapes-diffusion", "--decoder-only", "--decoder-steps", "1", "--seed", "2",
-                     "--object-weight", weight, "--out", str(copy), *TINY]) == 0
-        decoders[weight] = AutoencoderKL.from_pretrained(str(copy / "vae")).decoder
+        assert main(["shapes-diffusion", "--decoder-only", "--decoder-steps", steps, "--seed", "2",
+                     flag, value, "--out", str(copy), *TINY]) == 0
+        decoders.append(AutoencoderKL.from_pretrained(str(copy / "vae")).decoder)
         state = json.loads((copy / "training_state.json").read_text())
-        assert state.get("decoder_object_weight", 0.0) == float(weight)
+        assert state.get(state_key, 0.0) == float(value)
     assert any(not torch.equal(a, b) for a, b in
-               zip(decoders["0"].parameters(), decoders["9"].parameters(), strict=True))
+               zip(decoders[0].parameters(), decoders[1].parameters(), strict=True))
+
+
+def test_decoder_object_weight_changes_the_decoder_and_is_recorded(tiny_pipeline: Path,
+                                                                   tmp_path: Path) -> None:
+    decoder_flag_runs(tiny_pipeline, tmp_path, "--object-weight", ("0", "9"),
+                      "decoder_object_weight")
 
 
 def test_name_probability_reaches_the_training_captions() -> None:
@@ -593,20 +601,6 @@ def test_as_small_stars_repaints_the_first_share_as_small_stars() -> None:
 
 def test_decoder_small_stars_changes_the_decoder_and_is_recorded(tiny_pipeline: Path,
                                                                  tmp_path: Path) -> None:
-    import shutil
-
-    import torch
-    from diffusers import AutoencoderKL
-
-    decoders = {}
-    for share in ("0", "1"):
-        copy = tmp_path / f"s{share}"
-        shutil.copytree(tiny_pipeline, copy)
-        # step 1 of 2 is a one-object batch (step 0 is tier 2, which stays as rendered)
-        assert main(["shapes-diffusion", "--decoder-only", "--decoder-steps", "2", "--seed", "2",
-                     "--decoder-small-stars", share, "--out", str(copy), *TINY]) == 0
-        decoders[share] = AutoencoderKL.from_pretrained(str(copy / "vae")).decoder
-        state = json.loads((copy / "training_state.json").read_text())
-        assert state.get("decoder_small_stars", 0.0) == float(share)
-    assert any(not torch.equal(a, b) for a, b in
-               zip(decoders["0"].parameters(), decoders["1"].parameters(), strict=True))
+    # step 1 of 2 is a one-object batch (step 0 is tier 2, which stays as rendered)
+    decoder_flag_runs(tiny_pipeline, tmp_path, "--decoder-small-stars", ("0", "1"),
+                      "decoder_small_stars", steps="2")
