@@ -542,18 +542,19 @@ def object_neighbourhood(images: np.ndarray, reach: int = 2) -> np.ndarray:
 
 def as_small_stars(scenes: list[world.Scene], share: float,
                    rng: np.random.Generator) -> np.ndarray | None:
-    """The first ``share`` of one-object ``scenes`` repainted as small stars (same colour, place
-    and background, new radius and angle), the rest unchanged; None when there is nothing to do."""
+    """The scenes' images with the first ``share`` of them (one-object scenes) repainted as
+    small stars (same colour, place and background, new radius and angle); None when there
+    is nothing to do."""
     k = int(round(share * len(scenes)))
     if k == 0 or any(s.tier != 1 for s in scenes):
         return None
     lo, hi = world.SIZE_RADII["small"]
-    objects = [
-        [dataclasses.replace(s.objects[0], shape="star", size="small",
-                             radius=float(rng.uniform(lo, hi)),
-                             angle=float(rng.uniform(0, 2 * np.pi)))] if i < k else list(s.objects)
-        for i, s in enumerate(scenes)]
-    return world.render_from_specs([s.background for s in scenes], objects)
+    stars = [[dataclasses.replace(s.objects[0], shape="star", size="small",
+                                  radius=float(rng.uniform(lo, hi)),
+                                  angle=float(rng.uniform(0, 2 * np.pi)))] for s in scenes[:k]]
+    images = np.stack([s.image for s in scenes])
+    images[:k] = world.render_from_specs([s.background for s in scenes[:k]], stars)
+    return images
 
 
 def finetune_decoder(vae: Any, steps: int, batch: int, device: str, seed: int,

@@ -31,7 +31,8 @@ from studio.core.errors import UserError
 from studio.core.jobs import CountTokens, TextToImage
 from studio.core.settings import Settings
 from studio.ui.bridge import Bridge
-from studio.ui.widgets.guidance_box import guidance_box, select_guidance
+from studio.ui.widgets.combo import select_data
+from studio.ui.widgets.guidance_box import guidance_box
 from studio.ui.widgets.image_view import ImageView, to_qimage, untinted_icon
 from studio.ui.widgets.seed_field import FIXED, MAX_SEED, RANDOM, REUSE, SeedField
 from studio.ui.widgets.slider_spin import SliderSpin
@@ -302,7 +303,7 @@ class ImagePane(QWidget):
         self.prompt_edit.setPlainText(s.last_prompt)
         self.negative_edit.setPlainText(s.last_negative_prompt)
         self.cfg.setValue(s.guidance_scale)
-        select_guidance(self.guidance_box, s.guidance_method)
+        select_data(self.guidance_box, s.guidance_method)
         self.steps.setValue(s.steps)
         self._select_scheduler(s.scheduler)
         self.width_box.setValue(s.width)
@@ -337,10 +338,7 @@ class ImagePane(QWidget):
         self.refresh_models()
 
     def _select_scheduler(self, key: str) -> bool:
-        index = self.scheduler_box.findData(key)
-        if index >= 0:
-            self.scheduler_box.setCurrentIndex(index)
-        return index >= 0
+        return select_data(self.scheduler_box, key)
 
     # ---- models ------------------------------------------------------------------------
 
@@ -450,7 +448,7 @@ class ImagePane(QWidget):
         if isinstance(params.get("seed"), int) and 0 <= params["seed"] <= MAX_SEED:
             self.seed.set_seed(params["seed"])
         method = params.get("guidance_method")
-        if method and not select_guidance(self.guidance_box, str(method)):
+        if method and not select_data(self.guidance_box, str(method)):
             notes.append(f"guidance {method!r} is not available here")
         scheduler = params.get("scheduler")
         if scheduler and not self._select_scheduler(str(scheduler)):

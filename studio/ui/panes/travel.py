@@ -30,7 +30,8 @@ from PySide6.QtWidgets import (
 
 from studio.core.errors import UserError
 from studio.core.jobs import ExportFrames, PromptTravel, SeedTravel
-from studio.ui.widgets.guidance_box import guidance_box, select_guidance
+from studio.ui.widgets.combo import select_data
+from studio.ui.widgets.guidance_box import guidance_box
 from studio.ui.widgets.latent_views import (
     ExportButton,
     FramePlayer,
@@ -232,10 +233,8 @@ class TravelPane(QWidget):
         self.negative.setPlainText(request.negative_prompt)
         self.steps_box.setValue(request.steps)
         self.cfg_box.setValue(request.guidance_scale)
-        select_guidance(self.guidance_box, request.guidance_method)
-        index = self.scheduler_box.findData(request.scheduler)
-        if index >= 0:
-            self.scheduler_box.setCurrentIndex(index)
+        select_data(self.guidance_box, request.guidance_method)
+        select_data(self.scheduler_box, request.scheduler)
         self.width_box.setValue(request.width)
         self.height_box.setValue(request.height)
         self.seed_a.setValue(min(request.seed, self.seed_a.maximum()))

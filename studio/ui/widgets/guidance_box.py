@@ -6,6 +6,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QWidget
 
 from studio.core.guidance import GUIDANCE_HELP, GUIDANCE_METHODS
+from studio.ui.widgets.combo import select_data
 
 
 def guidance_box(selected: str = "cfg", parent: QWidget | None = None) -> QComboBox:
@@ -19,13 +20,5 @@ def guidance_box(selected: str = "cfg", parent: QWidget | None = None) -> QCombo
         "How the CFG scale pushes toward the prompt. FDG and APG keep high scales from "
         "flooding the image with one colour; CFG reproduces other tools' images."
     )
-    select_guidance(box, selected)
+    select_data(box, selected)
     return box
-
-
-def select_guidance(box: QComboBox, key: str) -> bool:
-    """Select the rule ``key``; False (selection kept) when it is not one of them."""
-    index = box.findData(key)
-    if index >= 0:
-        box.setCurrentIndex(index)
-    return index >= 0
