@@ -113,6 +113,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="chance that a one-object caption names each of colour, size, "
                              "position and background; lower values give more short prompts "
                              f"such as 'a red circle' (default {world.NAME_PROBABILITY})")
+    parser.add_argument("--short-captions", type=float, default=0.0, metavar="P",
+                        help="caption this share of the captioned one-object scenes by colour "
+                             "and shape alone ('a black circle'), so the model learns that the "
+                             "named colour is the object's and never the background's "
+                             "(default 0)")
     parser.add_argument("--object-weight", type=float, default=0.0, metavar="W",
                         help="count the UNet's loss on latent pixels that cover an object "
                              "1 + W times; with --decoder-only, the decoder's loss on image "
@@ -294,13 +299,22 @@ def attribute_list_caption(rng: np.random.Generator, scene: world.Scene) -> str:
 def training_batch(start_seed: int, n: int, rng: np.random.Generator,
                    list_share: float = ATTRIBUTE_LIST_SHARE,
                    name_probability: float = world.NAME_PROBABILITY,
-                   ) -> tuple[np.ndarray, list[str]]:
-    """Render ``n`` scenes (a tier mix) and their training captions."""
+                   short_share: float = 0.0) -> tuple[np.ndarray, list[str]]:
+    """Render ``n`` scenes (a tier mix) and their training captions.
+
+    ``short_share`` of the captioned one-object scenes are captioned by colour and shape
+    alone ("a black circle"), the form in which the model most often paints the named
+    colour as the background and loses the object.
+    """
     tiers = np.where(rng.random(n) < TIER2_SHARE, 2, 1)
     images, captions, scenes = world.render_batch(range(start_seed, start_seed + n), tier=tiers,
                                                   name_probability=name_probability)
     for i, scene in enumerate(scenes):
-        if scene.caption and rng.random() < list_share:
+        # drawn only when asked for, so earlier recipes keep their captions
+        if short_share and scene.caption and scene.tier == 1 and rng.random() < short_share:
+            obj = scene.objects[0]
+            captions[i] = world.canonical_caption(obj.shape, obj.colour)
+        elif scene.caption and rng.random() < list_share:
             captions[i] = attribute_list_caption(rng, scene)
     return images, captions
 
@@ -435,7 +449,8 @@ def pretrain_text_encoder(text_encoder: Any, tokenizer: Any, steps: int, batch: 
 
 def encode_cache(vae: Any, n: int, device: str, seed: int, rng_seed: int,
                  list_share: float = ATTRIBUTE_LIST_SHARE,
-                 name_probability: float = world.NAME_PROBABILITY) -> tuple[Any, list[str]]:
+                 name_probability: float = world.NAME_PROBABILITY,
+                 short_share: float = 0.0) -> tuple[Any, list[str]]:
     """Pre-encode ``n`` training scenes to latent (mean, std, object mask) triples.
 
     The mask marks, at latent resolution, every latent pixel whose patch of the
@@ -451,7 +466,8 @@ def encode_cache(vae: Any, n: int, device: str, seed: int, rng_seed: int,
     with torch.no_grad():
         for i in range(0, n, chunk):
             k = min(chunk, n - i)
-            images, caps = training_batch(base + i, k, rng, list_share, name_probability)
+            images, caps = training_batch(base + i, k, rng, list_share, name_probability,
+                                          short_share)
             dist = vae.encode(to_tensor(images, device)).latent_dist
             means.append(dist.mean.cpu())
             stds.append(dist.std.cpu())
@@ -878,6 +894,9 @@ def train(args: argparse.Namespace) -> None:
     text_anchor = float(getattr(args, "text_anchor", 0.0) or 0.0)
     if text_anchor < 0:
         raise TrainError(f"--text-anchor must be zero or positive, got {text_anchor}")
+    short_share = float(getattr(args, "short_captions", 0.0) or 0.0)
+    if not 0.0 <= short_share <= 1.0:
+        raise TrainError(f"--short-captions must be in [0, 1], got {short_share}")
     star_weight = float(getattr(args, "star_weight", 1.0))
     if star_weight <= 0:
         raise TrainError(f"--star-weight must be positive, got {star_weight}")
@@ -957,6 +976,7 @@ def train(args: argparse.Namespace) -> None:
         **({"text_lr": text_lr} if text_lr else {}),
         **({"text_anchor": text_anchor} if text_anchor else {}),
         **({"star_weight": star_weight} if star_weight != 1.0 else {}),
+        **({"short_captions": short_share} if short_share else {}),
         "layers_per_block": int(unet.config.layers_per_block),
     }
     state.update(state_init)
@@ -988,7 +1008,7 @@ def train(args: argparse.Namespace) -> None:
         save_checkpoint(out, 0, modules, None, {**state, "phase": phase})
     if phase != "decoder":
         cache, captions = encode_cache(vae, cache_size, device, seed, seed + 1, list_share,
-                                       name_probability)
+                                       name_probability, short_share)
         if "scaling_factor" not in state:
             state["scaling_factor"] = float(1.0 / cache[0].std())
         max_minutes = getattr(args, "max_minutes", None)

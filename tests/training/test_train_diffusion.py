@@ -117,6 +117,7 @@ def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
      "--text-anchor must be zero or positive"),
     (["shapes-diffusion", "--text-anchor", "10"], "give both"),
     (["shapes-diffusion", "--star-weight", "0"], "--star-weight must be positive"),
+    (["shapes-diffusion", "--short-captions", "1.1"], "--short-captions must be in [0, 1]"),
     (["shapes-diffusion", "--decoder-only", "--decoder-small-stars", "1.5"],
      "--decoder-small-stars must be in [0, 1]"),
 ])
@@ -541,6 +542,44 @@ def test_name_probability_reaches_the_training_captions() -> None:
     assert len(one_object) > 150
     assert all(c in {f"a {s}" for s in world.SHAPES} for c in one_object)
     assert sum(c in one_object for c in usual_caps) < 10
+
+
+def test_short_captions_name_only_colour_and_shape_of_one_object_scenes() -> None:
+    from studio.training import world
+    from studio.training.train_diffusion import training_batch
+
+    images, usual = training_batch(0, 300, np.random.default_rng(1), list_share=0.0)
+    again, short = training_batch(0, 300, np.random.default_rng(1), list_share=0.0,
+                                  short_share=1.0)
+    assert np.array_equal(images, again)
+    for before, after in zip(usual, short, strict=True):
+        parsed = world.parse_caption(before) if before else None
+        if parsed is None or parsed["tier"] == 2:
+            assert after == before  # empty and two-object captions are kept
+        else:
+            # the scene's own colour, which the original caption may not have named
+            assert after.split()[-1] == parsed["shape"]
+            assert world.parse_caption(after) == {**world.parse_caption(after),
+                                                 "size": None, "position": None,
+                                                 "background": None}
+            assert world.parse_caption(after)["colour"] is not None
+    top_left = images[:, 0, 0]
+    for image, bg, caption in zip(images, top_left, short, strict=True):
+        parsed = world.parse_caption(caption) if caption else None
+        if parsed and parsed["tier"] == 1:
+            named = np.array(world.COLOURS[parsed["colour"]])
+            assert (image == named).all(-1).any() and not (bg == named).all()
+    _, some = training_batch(0, 300, np.random.default_rng(1), list_share=0.0, short_share=0.3)
+    changed = sum(a != b for a, b in zip(usual, some, strict=True))
+    assert 30 < changed < 110
+
+
+def test_short_captions_share_is_recorded(tiny_pipeline: Path, tmp_path: Path) -> None:
+    out = tmp_path / "short"
+    assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                 "--decoder-steps", "0", "--short-captions", "0.4",
+                 "--out", str(out), *TINY[:2], "--batch-size", "8", *TINY[4:]]) == 0
+    assert json.loads((out / "training_state.json").read_text())["short_captions"] == 0.4
 
 
 def test_star_scene_weights_weigh_captions_that_name_a_star() -> None:
