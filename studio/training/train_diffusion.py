@@ -53,6 +53,8 @@ ATTRIBUTE_LIST_SHARE = 0.05
 CHECKPOINT_EVERY_S = 300.0
 MIN_SNR_GAMMA = 5.0
 TRAIN_TIMESTEPS = 1000
+# --empty-field-share draws its timesteps from here up: where the sampler settles the background
+EMPTY_FIELD_MIN_T = 800
 
 # Architecture presets; "tiny" exists for tests.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -118,6 +120,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and shape alone ('a black circle'), so the model learns that the "
                              "named colour is the object's and never the background's "
                              "(default 0)")
+    parser.add_argument("--empty-field-share", type=float, default=0.0, metavar="P",
+                        help="noise this share of the scenes whose caption names the object's "
+                             f"colour from an empty field of that colour instead, at timesteps "
+                             f"from {EMPTY_FIELD_MIN_T} up, with the real scene as the target, so "
+                             "the sampler turns away from painting the named colour over the "
+                             "whole image (default 0)")
     parser.add_argument("--object-weight", type=float, default=0.0, metavar="W",
                         help="count the UNet's loss on latent pixels that cover an object "
                              "1 + W times; with --decoder-only, the decoder's loss on image "
@@ -677,6 +685,47 @@ def star_scene_weights(captions: list[str], star_weight: float) -> np.ndarray:
     return np.array([star_weight if names_star(c) else 1.0 for c in captions], np.float32)
 
 
+def named_object_colours(captions: list[str]) -> np.ndarray:
+    """Per caption, the index of the object colour a one-object caption names, else -1."""
+    def colour(caption: str) -> int:
+        parsed = world.parse_caption(caption) if caption else None
+        if parsed is None or parsed["tier"] != 1 or not parsed["colour"]:
+            return -1
+        return world.COLOUR_NAMES.index(parsed["colour"])
+    return np.array([colour(c) for c in captions], np.int64)
+
+
+def empty_field_latents(vae: Any, device: str) -> Any:
+    """(8, 4, h, w) posterior means of an empty image of each palette colour, unscaled."""
+    import torch
+
+    fields = np.stack([np.broadcast_to(np.array(world.COLOURS[c], np.uint8),
+                                       (world.IMAGE_SIZE, world.IMAGE_SIZE, 3))
+                       for c in world.COLOUR_NAMES])
+    with torch.no_grad():
+        return vae.encode(to_tensor(fields, device)).latent_dist.mean.cpu()
+
+
+def empty_field_inputs(latents: Any, colours: Any, fields: Any, t: Any, share: float,
+                       gen: Any) -> tuple[Any, Any]:
+    """Swap a ``share`` of the rows whose caption names a colour (``colours`` >= 0) for the
+    empty field of that colour, at a timestep drawn from ``EMPTY_FIELD_MIN_T`` up.
+
+    Returns ``(inputs, t)``: the clean latents to noise, and the timesteps. The caller
+    keeps ``latents`` as the target, so the UNet learns to lead a field of the named colour
+    back to a scene with the object on another background. No real scene is such a field
+    with such a caption, so this teaches only what the data leaves open.
+    """
+    import torch
+
+    swap = (colours >= 0) & (torch.rand(len(colours), generator=gen) < share)
+    high = torch.randint(EMPTY_FIELD_MIN_T, TRAIN_TIMESTEPS, (len(colours),), generator=gen)
+    inputs = latents.clone()
+    if swap.any():
+        inputs[swap] = fields[colours[swap]].to(latents)
+    return inputs, torch.where(swap.to(t.device), high.to(t.device), t)
+
+
 def tokenize(tokenizer: Any, captions: list[str], device: str) -> Any:
     # Padded to the full length, as StableDiffusionPipeline does at inference.
     return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
@@ -710,7 +759,8 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
                start: int, state: dict, modules: dict, seed: int,
                max_seconds: float | None = None, object_weight: float = 0.0,
                snr_gamma: float = MIN_SNR_GAMMA, low_noise: tuple[float, int] = (0.0, 300),
-               text_lr: float = 0.0, text_anchor: float = 0.0, star_weight: float = 1.0) -> None:
+               text_lr: float = 0.0, text_anchor: float = 0.0, star_weight: float = 1.0,
+               empty_field: tuple[float, Any] = (0.0, None)) -> None:
     """Epsilon MSE with min-SNR weighting; ``object_weight`` W counts the latent pixels
     that cover an object 1 + W times, so that the few that carry a corner or a point
     are not outweighed by the flat background.
@@ -726,7 +776,10 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     the encoder the phase began with (``modules["text_encoder_anchor"]``).
     ``star_weight`` W counts scenes whose caption names a star W times, normalised over the
     batch; empty captions and attribute lists keep weight 1, so the unconditional branch
-    and negative prompts still learn the world's own mix of shapes."""
+    and negative prompts still learn the world's own mix of shapes.
+
+    ``empty_field`` (share P, scaled field latents) noises P of the scenes whose caption
+    names the object's colour from an empty field of it (:func:`empty_field_inputs`)."""
     import torch
 
     ema = modules.get("unet_ema")
@@ -753,6 +806,8 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     means, stds, masks = cache
     n = means.shape[0]
     scene_weight = torch.from_numpy(star_scene_weights(captions, star_weight))
+    field_share, fields = empty_field
+    named_colour = torch.from_numpy(named_object_colours(captions)) if field_share else None
     gen = torch.Generator().manual_seed(seed * 7919 + start)
     bar = Progress(steps, start, desc="unet+text")
     last_save = time.monotonic()
@@ -780,7 +835,14 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
         latents = latents.to(device)
         noise = torch.randn(latents.shape, generator=gen).to(device)
         t = draw_timesteps(batch, gen, low_noise).to(device)
-        noisy = scheduler.add_noise(latents, noise, t)
+        if field_share:
+            inputs, t = empty_field_inputs(latents, named_colour[idx], fields, t, field_share, gen)
+            noisy = scheduler.add_noise(inputs, noise, t)
+            # the noise that would lead this input to the real scene
+            a = scheduler.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
+            noise = (noisy - a.sqrt() * latents) / (1 - a).sqrt()
+        else:
+            noisy = scheduler.add_noise(latents, noise, t)
         ids = tokenize(tokenizer, [captions[i] for i in idx.tolist()], device)
         with torch.set_grad_enabled(text_lr > 0):
             cond = text_encoder(ids)[0]
@@ -897,6 +959,9 @@ def train(args: argparse.Namespace) -> None:
     short_share = float(getattr(args, "short_captions", 0.0) or 0.0)
     if not 0.0 <= short_share <= 1.0:
         raise TrainError(f"--short-captions must be in [0, 1], got {short_share}")
+    field_share = float(getattr(args, "empty_field_share", 0.0) or 0.0)
+    if not 0.0 <= field_share <= 1.0:
+        raise TrainError(f"--empty-field-share must be in [0, 1], got {field_share}")
     star_weight = float(getattr(args, "star_weight", 1.0))
     if star_weight <= 0:
         raise TrainError(f"--star-weight must be positive, got {star_weight}")
@@ -977,6 +1042,7 @@ def train(args: argparse.Namespace) -> None:
         **({"text_anchor": text_anchor} if text_anchor else {}),
         **({"star_weight": star_weight} if star_weight != 1.0 else {}),
         **({"short_captions": short_share} if short_share else {}),
+        **({"empty_field_share": field_share} if field_share else {}),
         "layers_per_block": int(unet.config.layers_per_block),
     }
     state.update(state_init)
@@ -1017,7 +1083,10 @@ def train(args: argparse.Namespace) -> None:
                    max_seconds=max_minutes * 60 if max_minutes else None,
                    object_weight=object_weight, snr_gamma=snr_gamma,
                    low_noise=(low_share, low_max), text_lr=text_lr, text_anchor=text_anchor,
-                   star_weight=star_weight)
+                   star_weight=star_weight,
+                   empty_field=(field_share,
+                                empty_field_latents(vae, device) * state["scaling_factor"]
+                                if field_share else None))
     decoder_steps = getattr(args, "decoder_steps", None)
     decoder_steps = int(decoder_steps) if decoder_steps is not None else min(1200, steps)
     if decoder_steps > 0:

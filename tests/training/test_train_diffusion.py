@@ -118,6 +118,8 @@ def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
     (["shapes-diffusion", "--text-anchor", "10"], "give both"),
     (["shapes-diffusion", "--star-weight", "0"], "--star-weight must be positive"),
     (["shapes-diffusion", "--short-captions", "1.1"], "--short-captions must be in [0, 1]"),
+    (["shapes-diffusion", "--empty-field-share", "-0.5"],
+     "--empty-field-share must be in [0, 1]"),
     (["shapes-diffusion", "--decoder-only", "--decoder-small-stars", "1.5"],
      "--decoder-small-stars must be in [0, 1]"),
 ])
@@ -580,6 +582,77 @@ def test_short_captions_share_is_recorded(tiny_pipeline: Path, tmp_path: Path) -
                  "--decoder-steps", "0", "--short-captions", "0.4",
                  "--out", str(out), *TINY[:2], "--batch-size", "8", *TINY[4:]]) == 0
     assert json.loads((out / "training_state.json").read_text())["short_captions"] == 0.4
+
+
+def test_named_object_colours_reads_one_object_captions() -> None:
+    from studio.training.train_diffusion import named_object_colours
+
+    captions = ["a black circle", "a small red star on a blue background",
+                "a blue background with a large white square", "green triangle, red background",
+                "a circle", "", "red, blue", "a red circle above a blue star",
+                "a square on a black background"]
+    assert named_object_colours(captions).tolist() == [7, 0, 6, 3, -1, -1, -1, -1, -1]
+
+
+def test_empty_field_latents_decode_to_empty_fields_of_each_colour() -> None:
+    import torch
+    from diffusers import AutoencoderKL
+
+    from studio.training import world
+    from studio.training.train_diffusion import empty_field_latents
+
+    folder = Path(__file__).resolve().parents[2] / "models" / "shapes-diffusion" / "vae"
+    vae = AutoencoderKL.from_pretrained(str(folder))
+    fields = empty_field_latents(vae, "cpu")
+    assert fields.shape == (len(world.COLOUR_NAMES), 4, 16, 16)
+    with torch.no_grad():
+        images = (vae.decode(fields).sample.clamp(-1, 1) + 1) * 127.5
+    palette = torch.tensor([world.COLOURS[c] for c in world.COLOUR_NAMES], dtype=torch.float32)
+    # the autoencoder never saw an empty image, and draws a faint shape into some
+    most = images.flatten(2).median(dim=2).values
+    assert (most - palette).abs().max() < 12
+
+
+def test_empty_field_inputs_swap_only_colour_named_rows_at_high_noise() -> None:
+    import torch
+
+    from studio.training.train_diffusion import EMPTY_FIELD_MIN_T, empty_field_inputs
+
+    latents = torch.randn(64, 4, 16, 16)
+    fields = torch.arange(8.0)[:, None, None, None].expand(8, 4, 16, 16)
+    colours = torch.tensor([-1, 0, 3, 7] * 16)
+    t = torch.full((64,), 5)
+    gen = torch.Generator().manual_seed(0)
+    inputs, t_all = empty_field_inputs(latents, colours, fields, t, 1.0, gen)
+    named = colours >= 0
+    assert torch.equal(inputs[~named], latents[~named]) and (t_all[~named] == 5).all()
+    assert torch.equal(inputs[named], fields[colours[named]])
+    assert (t_all[named] >= EMPTY_FIELD_MIN_T).all()
+    none, t_none = empty_field_inputs(latents, colours, fields, t, 0.0, gen)
+    assert torch.equal(none, latents) and torch.equal(t_none, t)
+    half, _ = empty_field_inputs(latents, colours, fields, t, 0.5, gen)
+    swapped = (half != latents).flatten(1).any(1)
+    assert not swapped[~named].any() and 8 < int(swapped.sum()) < 40
+
+
+def test_empty_field_share_changes_the_update_and_is_recorded(tiny_pipeline: Path,
+                                                              tmp_path: Path) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unets = {}
+    for share in ("0", "1"):
+        out = tmp_path / f"f{share}"
+        # --short-captions 1 makes every one-object caption name its colour
+        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                     "--decoder-steps", "0", "--empty-field-share", share, "--seed", "3",
+                     "--short-captions", "1", "--out", str(out), *TINY[:2],
+                     "--batch-size", "8", *TINY[4:]]) == 0
+        unets[share] = UNet2DConditionModel.from_pretrained(str(out / "unet"))
+        state = json.loads((out / "training_state.json").read_text())
+        assert state.get("empty_field_share", 0.0) == float(share)
+    assert any(not torch.equal(a, b) for a, b in
+               zip(unets["0"].parameters(), unets["1"].parameters(), strict=True))
 
 
 def test_star_scene_weights_weigh_captions_that_name_a_star() -> None:
