@@ -55,6 +55,7 @@ MIN_SNR_GAMMA = 5.0
 TRAIN_TIMESTEPS = 1000
 # --empty-field-share draws its timesteps from here up: where the sampler settles the background
 EMPTY_FIELD_MIN_T = 800
+EMPTY_FIELD_TOLERANCE = 16.0  # largest colour error (of 255) in 99% of a decoded empty field
 
 # Architecture presets; "tiny" exists for tests.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -685,25 +686,45 @@ def star_scene_weights(captions: list[str], star_weight: float) -> np.ndarray:
     return np.array([star_weight if names_star(c) else 1.0 for c in captions], np.float32)
 
 
-def named_object_colours(captions: list[str]) -> np.ndarray:
-    """Per caption, the index of the object colour a one-object caption names, else -1."""
+def named_object_colours(captions: list[str], usable: np.ndarray | None = None) -> np.ndarray:
+    """Per caption, the index of the object colour a one-object caption names, else -1;
+    also -1 where ``usable`` (a bool per palette colour) rules that colour out."""
     def colour(caption: str) -> int:
         parsed = world.parse_caption(caption) if caption else None
         if parsed is None or parsed["tier"] != 1 or not parsed["colour"]:
             return -1
-        return world.COLOUR_NAMES.index(parsed["colour"])
+        index = world.COLOUR_NAMES.index(parsed["colour"])
+        return index if usable is None or usable[index] else -1
     return np.array([colour(c) for c in captions], np.int64)
 
 
-def empty_field_latents(vae: Any, device: str) -> Any:
-    """(8, 4, h, w) posterior means of an empty image of each palette colour, unscaled."""
+def empty_field_latents(vae: Any, device: str) -> tuple[Any, np.ndarray]:
+    """(8, 4, h, w) posterior means of an empty image of each palette colour, unscaled, and
+    which of them decode back to that empty field.
+
+    The autoencoder never saw an empty image, and it may encode one as a scene with a
+    shape in it; such a latent is no empty field and teaches nothing about one.
+    """
     import torch
 
     fields = np.stack([np.broadcast_to(np.array(world.COLOURS[c], np.uint8),
                                        (world.IMAGE_SIZE, world.IMAGE_SIZE, 3))
                        for c in world.COLOUR_NAMES])
     with torch.no_grad():
-        return vae.encode(to_tensor(fields, device)).latent_dist.mean.cpu()
+        latents = vae.encode(to_tensor(fields, device)).latent_dist.mean
+        decoded = (vae.decode(latents).sample.clamp(-1, 1) + 1) * 127.5
+    error = (decoded.cpu() - torch.from_numpy(fields).permute(0, 3, 1, 2).float()).abs()
+    clean = (error.flatten(1).quantile(0.99, dim=1) < EMPTY_FIELD_TOLERANCE).numpy()
+    return latents.cpu(), clean
+
+
+def scaled_empty_fields(vae: Any, device: str, state: dict) -> tuple[Any, np.ndarray]:
+    """:func:`empty_field_latents` at the UNet's latent scale; the clean colours are recorded
+    in ``state``."""
+    latents, clean = empty_field_latents(vae, device)
+    state["empty_field_colours"] = [c for c, ok in zip(world.COLOUR_NAMES, clean, strict=True)
+                                    if ok]
+    return latents * state["scaling_factor"], clean
 
 
 def empty_field_inputs(latents: Any, colours: Any, fields: Any, t: Any, share: float,
@@ -778,8 +799,9 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     batch; empty captions and attribute lists keep weight 1, so the unconditional branch
     and negative prompts still learn the world's own mix of shapes.
 
-    ``empty_field`` (share P, scaled field latents) noises P of the scenes whose caption
-    names the object's colour from an empty field of it (:func:`empty_field_inputs`)."""
+    ``empty_field`` (share P, (scaled field latents, which are clean)) noises P of the
+    scenes whose caption names the object's colour from an empty field of it
+    (:func:`empty_field_inputs`), for the colours whose field is clean."""
     import torch
 
     ema = modules.get("unet_ema")
@@ -807,7 +829,11 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     n = means.shape[0]
     scene_weight = torch.from_numpy(star_scene_weights(captions, star_weight))
     field_share, fields = empty_field
-    named_colour = torch.from_numpy(named_object_colours(captions)) if field_share else None
+    named_colour = None
+    if field_share:
+        # colours whose empty field the autoencoder cannot hold are left alone
+        fields, clean = fields
+        named_colour = torch.from_numpy(named_object_colours(captions, clean))
     gen = torch.Generator().manual_seed(seed * 7919 + start)
     bar = Progress(steps, start, desc="unet+text")
     last_save = time.monotonic()
@@ -1084,8 +1110,7 @@ def train(args: argparse.Namespace) -> None:
                    object_weight=object_weight, snr_gamma=snr_gamma,
                    low_noise=(low_share, low_max), text_lr=text_lr, text_anchor=text_anchor,
                    star_weight=star_weight,
-                   empty_field=(field_share,
-                                empty_field_latents(vae, device) * state["scaling_factor"]
+                   empty_field=(field_share, scaled_empty_fields(vae, device, state)
                                 if field_share else None))
     decoder_steps = getattr(args, "decoder_steps", None)
     decoder_steps = int(decoder_steps) if decoder_steps is not None else min(1200, steps)
