@@ -641,24 +641,31 @@ def test_empty_field_inputs_swap_only_colour_named_rows_at_high_noise() -> None:
     assert not swapped[~named].any() and 8 < int(swapped.sum()) < 40
 
 
-def test_empty_field_share_changes_the_update_and_is_recorded(tiny_pipeline: Path,
-                                                              tmp_path: Path) -> None:
+def unet_flag_runs(tiny_pipeline: Path, tmp_path: Path, flag: str, values: tuple[str, str],
+                   state_key: str, default: float, extra: tuple[str, ...] = ()) -> None:
+    """One UNet step from the tiny pipeline per value of ``flag`` (same seed and batch):
+    the two UNets must differ and each run's state must record its value."""
     import torch
     from diffusers import UNet2DConditionModel
 
-    unets = {}
-    for share in ("0", "1"):
-        out = tmp_path / f"f{share}"
-        # --short-captions 1 makes every one-object caption name its colour
+    unets = []
+    for value in values:
+        out = tmp_path / f"{flag.strip('-')}-{value}"
         assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
-                     "--decoder-steps", "0", "--empty-field-share", share, "--seed", "3",
-                     "--short-captions", "1", "--out", str(out), *TINY[:2],
-                     "--batch-size", "8", *TINY[4:]]) == 0
-        unets[share] = UNet2DConditionModel.from_pretrained(str(out / "unet"))
+                     "--decoder-steps", "0", flag, value, "--seed", "3", *extra,
+                     "--out", str(out), *TINY[:2], "--batch-size", "8", *TINY[4:]]) == 0
+        unets.append(UNet2DConditionModel.from_pretrained(str(out / "unet")))
         state = json.loads((out / "training_state.json").read_text())
-        assert state.get("empty_field_share", 0.0) == float(share)
+        assert state.get(state_key, default) == float(value)
     assert any(not torch.equal(a, b) for a, b in
-               zip(unets["0"].parameters(), unets["1"].parameters(), strict=True))
+               zip(unets[0].parameters(), unets[1].parameters(), strict=True))
+
+
+def test_empty_field_share_changes_the_update_and_is_recorded(tiny_pipeline: Path,
+                                                              tmp_path: Path) -> None:
+    # --short-captions 1 makes every one-object caption name its colour
+    unet_flag_runs(tiny_pipeline, tmp_path, "--empty-field-share", ("0", "1"),
+                   "empty_field_share", 0.0, ("--short-captions", "1"))
 
 
 def test_star_scene_weights_weigh_captions_that_name_a_star() -> None:
@@ -676,23 +683,10 @@ def test_star_scene_weights_weigh_captions_that_name_a_star() -> None:
 
 def test_star_weight_changes_the_unet_update_and_is_recorded(tiny_pipeline: Path,
                                                              tmp_path: Path) -> None:
-    import torch
-    from diffusers import UNet2DConditionModel
-
     from studio.training import train_diffusion
 
     # the tiny cache and first batch these arguments draw hold a star next to other scenes
-    unets = {}
-    for weight in ("1", "5"):
-        out = tmp_path / f"w{weight}"
-        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
-                     "--decoder-steps", "0", "--star-weight", weight, "--seed", "3",
-                     "--out", str(out), *TINY[:2], "--batch-size", "8", *TINY[4:]]) == 0
-        unets[weight] = UNet2DConditionModel.from_pretrained(str(out / "unet"))
-        state = json.loads((out / "training_state.json").read_text())
-        assert state.get("star_weight", 1.0) == float(weight)
-    assert any(not torch.equal(a, b) for a, b in
-               zip(unets["1"].parameters(), unets["5"].parameters(), strict=True))
+    unet_flag_runs(tiny_pipeline, tmp_path, "--star-weight", ("1", "5"), "star_weight", 1.0)
     assert train_diffusion.star_scene_weights(["a star", "a circle"], 5.0).sum() == 6.0
 
 
