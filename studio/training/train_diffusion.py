@@ -781,7 +781,7 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
                max_seconds: float | None = None, object_weight: float = 0.0,
                snr_gamma: float = MIN_SNR_GAMMA, low_noise: tuple[float, int] = (0.0, 300),
                text_lr: float = 0.0, text_anchor: float = 0.0, star_weight: float = 1.0,
-               empty_field: tuple[float, Any] = (0.0, None)) -> None:
+               empty_field: tuple[float, Any, Any] = (0.0, None, None)) -> None:
     """Epsilon MSE with min-SNR weighting; ``object_weight`` W counts the latent pixels
     that cover an object 1 + W times, so that the few that carry a corner or a point
     are not outweighed by the flat background.
@@ -799,7 +799,7 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     batch; empty captions and attribute lists keep weight 1, so the unconditional branch
     and negative prompts still learn the world's own mix of shapes.
 
-    ``empty_field`` (share P, (scaled field latents, which are clean)) noises P of the
+    ``empty_field`` (share P, scaled field latents, which are clean) noises P of the
     scenes whose caption names the object's colour from an empty field of it
     (:func:`empty_field_inputs`), for the colours whose field is clean."""
     import torch
@@ -828,12 +828,10 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     means, stds, masks = cache
     n = means.shape[0]
     scene_weight = torch.from_numpy(star_scene_weights(captions, star_weight))
-    field_share, fields = empty_field
-    named_colour = None
-    if field_share:
-        # colours whose empty field the autoencoder cannot hold are left alone
-        fields, clean = fields
-        named_colour = torch.from_numpy(named_object_colours(captions, clean))
+    field_share, fields, clean = empty_field
+    # colours whose empty field the autoencoder cannot hold are left alone
+    named_colour = (torch.from_numpy(named_object_colours(captions, clean))
+                    if field_share else None)
     gen = torch.Generator().manual_seed(seed * 7919 + start)
     bar = Progress(steps, start, desc="unet+text")
     last_save = time.monotonic()
@@ -1110,8 +1108,8 @@ def train(args: argparse.Namespace) -> None:
                    object_weight=object_weight, snr_gamma=snr_gamma,
                    low_noise=(low_share, low_max), text_lr=text_lr, text_anchor=text_anchor,
                    star_weight=star_weight,
-                   empty_field=(field_share, scaled_empty_fields(vae, device, state)
-                                if field_share else None))
+                   empty_field=(field_share, *scaled_empty_fields(vae, device, state))
+                   if field_share else (0.0, None, None))
     decoder_steps = getattr(args, "decoder_steps", None)
     decoder_steps = int(decoder_steps) if decoder_steps is not None else min(1200, steps)
     if decoder_steps > 0:
