@@ -55,6 +55,9 @@ MIN_SNR_GAMMA = 5.0
 TRAIN_TIMESTEPS = 1000
 # --empty-field-share draws its timesteps from here up: where the sampler settles the background
 EMPTY_FIELD_MIN_T = 800
+# the other --empty-field-* options; these defaults swap in the whole field for any colour caption
+EMPTY_FIELD_DEFAULTS: dict[str, Any] = {"min_t": EMPTY_FIELD_MIN_T, "blend_low": 1.0,
+                                        "layout": False}
 EMPTY_FIELD_TOLERANCE = 16.0  # largest colour error (of 255) in 99% of a decoded empty field
 
 # Architecture presets; "tiny" exists for tests.
@@ -127,6 +130,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"from {EMPTY_FIELD_MIN_T} up, with the real scene as the target, so "
                              "the sampler turns away from painting the named colour over the "
                              "whole image (default 0)")
+    parser.add_argument("--empty-field-min-t", type=int, default=EMPTY_FIELD_MIN_T, metavar="T",
+                        help="draw the --empty-field-share timesteps from T up "
+                             f"(default {EMPTY_FIELD_MIN_T})")
+    parser.add_argument("--empty-field-blend", type=float, default=1.0, metavar="LO",
+                        help="noise the swapped scenes from a blend of the scene and the empty "
+                             "field, the field's weight drawn from [LO, 1]; below 1 the object "
+                             "is still faintly there, so the target scene can be read from the "
+                             "input (default 1: the field alone)")
+    parser.add_argument("--empty-field-layout", action="store_true",
+                        help="swap only captions that name the size and position as well, so "
+                             "the scene the empty field is led back to is one layout")
     parser.add_argument("--object-weight", type=float, default=0.0, metavar="W",
                         help="count the UNet's loss on latent pixels that cover an object "
                              "1 + W times; with --decoder-only, the decoder's loss on image "
@@ -686,12 +700,16 @@ def star_scene_weights(captions: list[str], star_weight: float) -> np.ndarray:
     return np.array([star_weight if names_star(c) else 1.0 for c in captions], np.float32)
 
 
-def named_object_colours(captions: list[str], usable: np.ndarray | None = None) -> np.ndarray:
+def named_object_colours(captions: list[str], usable: np.ndarray | None = None,
+                         require: tuple[str, ...] = ()) -> np.ndarray:
     """Per caption, the index of the object colour a one-object caption names, else -1;
-    also -1 where ``usable`` (a bool per palette colour) rules that colour out."""
+    also -1 where ``usable`` (a bool per palette colour) rules that colour out, or where
+    the caption leaves out one of the attributes in ``require`` (e.g. "size")."""
     def colour(caption: str) -> int:
         parsed = world.parse_caption(caption) if caption else None
         if parsed is None or parsed["tier"] != 1 or not parsed["colour"]:
+            return -1
+        if any(not parsed[key] for key in require):
             return -1
         index = world.COLOUR_NAMES.index(parsed["colour"])
         return index if usable is None or usable[index] else -1
@@ -728,9 +746,13 @@ def scaled_empty_fields(vae: Any, device: str, state: dict) -> tuple[Any, np.nda
 
 
 def empty_field_inputs(latents: Any, colours: Any, fields: Any, t: Any, share: float,
-                       gen: Any) -> tuple[Any, Any]:
+                       gen: Any, min_t: int = EMPTY_FIELD_MIN_T,
+                       blend_low: float = 1.0) -> tuple[Any, Any]:
     """Swap a ``share`` of the rows whose caption names a colour (``colours`` >= 0) for the
-    empty field of that colour, at a timestep drawn from ``EMPTY_FIELD_MIN_T`` up.
+    empty field of that colour, at a timestep drawn from ``min_t`` up. With ``blend_low``
+    below 1 a swapped row is a blend of its scene and the field, the field's weight drawn
+    uniformly from [``blend_low``, 1]: the object fading into a field of its own colour,
+    as the sampler's failing images do, while its layout can still be read.
 
     Returns ``(inputs, t)``: the clean latents to noise, and the timesteps. The caller
     keeps ``latents`` as the target, so the UNet learns to lead a field of the named colour
@@ -740,10 +762,14 @@ def empty_field_inputs(latents: Any, colours: Any, fields: Any, t: Any, share: f
     import torch
 
     swap = (colours >= 0) & (torch.rand(len(colours), generator=gen) < share)
-    high = torch.randint(EMPTY_FIELD_MIN_T, TRAIN_TIMESTEPS, (len(colours),), generator=gen)
+    high = torch.randint(min_t, TRAIN_TIMESTEPS, (len(colours),), generator=gen)
+    # drawn only for blends, so that whole-field runs keep their random stream
+    weight = (blend_low + (1.0 - blend_low) * torch.rand(len(colours), generator=gen)
+              if blend_low < 1.0 else torch.ones(len(colours)))
     inputs = latents.clone()
     if swap.any():
-        inputs[swap] = fields[colours[swap]].to(latents)
+        w = weight[swap].view(-1, 1, 1, 1).to(latents)
+        inputs[swap] = w * fields[colours[swap]].to(latents) + (1 - w) * latents[swap]
     return inputs, torch.where(swap.to(t.device), high.to(t.device), t)
 
 
@@ -781,7 +807,8 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
                max_seconds: float | None = None, object_weight: float = 0.0,
                snr_gamma: float = MIN_SNR_GAMMA, low_noise: tuple[float, int] = (0.0, 300),
                text_lr: float = 0.0, text_anchor: float = 0.0, star_weight: float = 1.0,
-               empty_field: tuple[float, Any, Any] = (0.0, None, None)) -> None:
+               empty_field: tuple[float, Any, Any] = (0.0, None, None),
+               empty_field_options: dict | None = None) -> None:
     """Epsilon MSE with min-SNR weighting; ``object_weight`` W counts the latent pixels
     that cover an object 1 + W times, so that the few that carry a corner or a point
     are not outweighed by the flat background.
@@ -801,7 +828,9 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
 
     ``empty_field`` (share P, scaled field latents, which are clean) noises P of the
     scenes whose caption names the object's colour from an empty field of it
-    (:func:`empty_field_inputs`), for the colours whose field is clean."""
+    (:func:`empty_field_inputs`), for the colours whose field is clean;
+    ``empty_field_options`` holds ``min_t``, ``blend_low`` and ``layout`` (swap only
+    captions that name size and position too)."""
     import torch
 
     ema = modules.get("unet_ema")
@@ -829,9 +858,11 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     n = means.shape[0]
     scene_weight = torch.from_numpy(star_scene_weights(captions, star_weight))
     field_share, fields, clean = empty_field
+    field_options = {**EMPTY_FIELD_DEFAULTS, **(empty_field_options or {})}
     # colours whose empty field the autoencoder cannot hold are left alone
-    named_colour = (torch.from_numpy(named_object_colours(captions, clean))
-                    if field_share else None)
+    named_colour = (torch.from_numpy(named_object_colours(
+        captions, clean, ("size", "position") if field_options["layout"] else ()))
+        if field_share else None)
     gen = torch.Generator().manual_seed(seed * 7919 + start)
     bar = Progress(steps, start, desc="unet+text")
     last_save = time.monotonic()
@@ -860,7 +891,8 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
         noise = torch.randn(latents.shape, generator=gen).to(device)
         t = draw_timesteps(batch, gen, low_noise).to(device)
         if field_share:
-            inputs, t = empty_field_inputs(latents, named_colour[idx], fields, t, field_share, gen)
+            inputs, t = empty_field_inputs(latents, named_colour[idx], fields, t, field_share, gen,
+                                           field_options["min_t"], field_options["blend_low"])
             noisy = scheduler.add_noise(inputs, noise, t)
             # the noise that would lead this input to the real scene
             a = scheduler.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
@@ -986,6 +1018,15 @@ def train(args: argparse.Namespace) -> None:
     field_share = float(getattr(args, "empty_field_share", 0.0) or 0.0)
     if not 0.0 <= field_share <= 1.0:
         raise TrainError(f"--empty-field-share must be in [0, 1], got {field_share}")
+    field_options = {"min_t": int(getattr(args, "empty_field_min_t", EMPTY_FIELD_MIN_T)),
+                     "blend_low": float(getattr(args, "empty_field_blend", 1.0)),
+                     "layout": bool(getattr(args, "empty_field_layout", False))}
+    if not 0 <= field_options["min_t"] < TRAIN_TIMESTEPS:
+        raise TrainError(f"--empty-field-min-t must be in 0..{TRAIN_TIMESTEPS - 1}, "
+                         f"got {field_options['min_t']}")
+    if not 0.0 <= field_options["blend_low"] <= 1.0:
+        raise TrainError(f"--empty-field-blend must be in [0, 1], "
+                         f"got {field_options['blend_low']}")
     star_weight = float(getattr(args, "star_weight", 1.0))
     if star_weight <= 0:
         raise TrainError(f"--star-weight must be positive, got {star_weight}")
@@ -1067,6 +1108,9 @@ def train(args: argparse.Namespace) -> None:
         **({"star_weight": star_weight} if star_weight != 1.0 else {}),
         **({"short_captions": short_share} if short_share else {}),
         **({"empty_field_share": field_share} if field_share else {}),
+        **({f"empty_field_{k}": v for k, v in field_options.items()
+            if v != EMPTY_FIELD_DEFAULTS[k]}
+           if field_share else {}),
         "layers_per_block": int(unet.config.layers_per_block),
     }
     state.update(state_init)
@@ -1109,7 +1153,8 @@ def train(args: argparse.Namespace) -> None:
                    low_noise=(low_share, low_max), text_lr=text_lr, text_anchor=text_anchor,
                    star_weight=star_weight,
                    empty_field=(field_share, *scaled_empty_fields(vae, device, state))
-                   if field_share else (0.0, None, None))
+                   if field_share else (0.0, None, None),
+                   empty_field_options=field_options)
     decoder_steps = getattr(args, "decoder_steps", None)
     decoder_steps = int(decoder_steps) if decoder_steps is not None else min(1200, steps)
     if decoder_steps > 0:

@@ -120,6 +120,10 @@ def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
     (["shapes-diffusion", "--short-captions", "1.1"], "--short-captions must be in [0, 1]"),
     (["shapes-diffusion", "--empty-field-share", "-0.5"],
      "--empty-field-share must be in [0, 1]"),
+    (["shapes-diffusion", "--empty-field-min-t", "1000"],
+     "--empty-field-min-t must be in 0..999"),
+    (["shapes-diffusion", "--empty-field-blend", "1.5"],
+     "--empty-field-blend must be in [0, 1]"),
     (["shapes-diffusion", "--decoder-only", "--decoder-small-stars", "1.5"],
      "--decoder-small-stars must be in [0, 1]"),
 ])
@@ -595,6 +599,9 @@ def test_named_object_colours_reads_one_object_captions() -> None:
     assert named_object_colours(captions).tolist() == [7, 0, 6, 3, -1, -1, -1, -1, -1]
     no_black = np.array([c != "black" for c in world.COLOUR_NAMES])
     assert named_object_colours(captions, no_black).tolist()[:4] == [-1, 0, 6, 3]
+    layouts = ["a small red star on the left", "a large blue circle at the top on a red background",
+               "a red star on the left", "a small red star", "a small circle on the left"]
+    assert named_object_colours(layouts, None, ("size", "position")).tolist() == [0, 4, -1, -1, -1]
 
 
 def test_empty_field_latents_decode_to_empty_fields_of_each_colour() -> None:
@@ -639,6 +646,30 @@ def test_empty_field_inputs_swap_only_colour_named_rows_at_high_noise() -> None:
     half, _ = empty_field_inputs(latents, colours, fields, t, 0.5, gen)
     swapped = (half != latents).flatten(1).any(1)
     assert not swapped[~named].any() and 8 < int(swapped.sum()) < 40
+    late, t_late = empty_field_inputs(latents, colours, fields, t, 1.0, gen, min_t=950)
+    assert torch.equal(late, inputs) and (t_late[named] >= 950).all()
+
+
+def test_empty_field_blend_keeps_a_share_of_the_scene() -> None:
+    import torch
+
+    from studio.training.train_diffusion import empty_field_inputs
+
+    latents = torch.randn(64, 4, 16, 16)
+    fields = torch.arange(8.0)[:, None, None, None].expand(8, 4, 16, 16)
+    colours = torch.tensor([-1, 0, 3, 7] * 16)
+    t = torch.full((64,), 5)
+    inputs, _ = empty_field_inputs(latents, colours, fields, t, 1.0,
+                                   torch.Generator().manual_seed(0), blend_low=0.4)
+    named = colours >= 0
+    assert torch.equal(inputs[~named], latents[~named])
+    # each swapped row is w * field + (1 - w) * scene, one w per row, 0.4 <= w <= 1
+    field, scene = fields[colours[named]], latents[named]
+    w = ((inputs[named] - scene) * (field - scene)).flatten(1).sum(1) / \
+        ((field - scene) ** 2).flatten(1).sum(1)
+    rebuilt = w.view(-1, 1, 1, 1) * field + (1 - w.view(-1, 1, 1, 1)) * scene
+    assert torch.allclose(rebuilt, inputs[named], atol=1e-5)
+    assert (w >= 0.4 - 1e-5).all() and (w <= 1 + 1e-5).all() and w.std() > 0.1
 
 
 def unet_flag_runs(tiny_pipeline: Path, tmp_path: Path, flag: str, values: tuple[str, str],
@@ -661,11 +692,51 @@ def unet_flag_runs(tiny_pipeline: Path, tmp_path: Path, flag: str, values: tuple
                zip(unets[0].parameters(), unets[1].parameters(), strict=True))
 
 
+@pytest.fixture
+def every_field_clean(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny test autoencoder is untrained, so no empty field would pass as clean and
+    nothing would be swapped; let every colour through."""
+    from studio.training import train_diffusion
+
+    monkeypatch.setattr(train_diffusion, "EMPTY_FIELD_TOLERANCE", float("inf"))
+
+
 def test_empty_field_share_changes_the_update_and_is_recorded(tiny_pipeline: Path,
-                                                              tmp_path: Path) -> None:
+                                                              tmp_path: Path,
+                                                              every_field_clean: None) -> None:
     # --short-captions 1 makes every one-object caption name its colour
     unet_flag_runs(tiny_pipeline, tmp_path, "--empty-field-share", ("0", "1"),
                    "empty_field_share", 0.0, ("--short-captions", "1"))
+
+
+def test_empty_field_blend_changes_the_update_and_is_recorded(tiny_pipeline: Path,
+                                                              tmp_path: Path,
+                                                              every_field_clean: None) -> None:
+    unet_flag_runs(tiny_pipeline, tmp_path, "--empty-field-blend", ("1", "0"),
+                   "empty_field_blend_low", 1.0,
+                   ("--short-captions", "1", "--empty-field-share", "1"))
+
+
+def test_empty_field_layout_swaps_only_whole_layouts_and_is_recorded(
+        tiny_pipeline: Path, tmp_path: Path, every_field_clean: None) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    # short captions name no size or position: with --empty-field-layout none is swapped
+    runs = {"none": (), "layout": ("--empty-field-share", "1", "--empty-field-layout"),
+            "all": ("--empty-field-share", "1")}
+    unets = {}
+    for name, extra in runs.items():
+        out = tmp_path / name
+        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                     "--decoder-steps", "0", "--short-captions", "1", "--seed", "3", *extra,
+                     "--out", str(out), *TINY[:2], "--batch-size", "8", *TINY[4:]]) == 0
+        unets[name] = torch.cat([p.flatten() for p in UNet2DConditionModel.from_pretrained(
+            str(out / "unet")).parameters()])
+    state = json.loads((tmp_path / "layout" / "training_state.json").read_text())
+    assert state["empty_field_layout"] is True and state["empty_field_share"] == 1.0
+    moved = {name: float((unets[name] - unets["none"]).abs().max()) for name in ("layout", "all")}
+    assert moved["layout"] < 0.1 * moved["all"]
 
 
 def test_star_scene_weights_weigh_captions_that_name_a_star() -> None:
