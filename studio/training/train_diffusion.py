@@ -130,10 +130,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"from {EMPTY_FIELD_MIN_T} up, with the real scene as the target, so "
                              "the sampler turns away from painting the named colour over the "
                              "whole image (default 0)")
-    parser.add_argument("--empty-field-min-t", type=int, default=EMPTY_FIELD_MIN_T, metavar="T",
+    parser.add_argument("--empty-field-min-t", type=int, default=EMPTY_FIELD_DEFAULTS["min_t"],
+                        metavar="T",
                         help="draw the --empty-field-share timesteps from T up "
                              f"(default {EMPTY_FIELD_MIN_T})")
-    parser.add_argument("--empty-field-blend", type=float, default=1.0, metavar="LO",
+    parser.add_argument("--empty-field-blend", type=float,
+                        default=EMPTY_FIELD_DEFAULTS["blend_low"], metavar="LO",
                         help="noise the swapped scenes from a blend of the scene and the empty "
                              "field, the field's weight drawn from [LO, 1]; below 1 the object "
                              "is still faintly there, so the target scene can be read from the "
@@ -1018,9 +1020,11 @@ def train(args: argparse.Namespace) -> None:
     field_share = float(getattr(args, "empty_field_share", 0.0) or 0.0)
     if not 0.0 <= field_share <= 1.0:
         raise TrainError(f"--empty-field-share must be in [0, 1], got {field_share}")
-    field_options = {"min_t": int(getattr(args, "empty_field_min_t", EMPTY_FIELD_MIN_T)),
-                     "blend_low": float(getattr(args, "empty_field_blend", 1.0)),
-                     "layout": bool(getattr(args, "empty_field_layout", False))}
+    field_options = {
+        key: kind(getattr(args, flag, EMPTY_FIELD_DEFAULTS[key]))
+        for key, flag, kind in (("min_t", "empty_field_min_t", int),
+                                ("blend_low", "empty_field_blend", float),
+                                ("layout", "empty_field_layout", bool))}
     if not 0 <= field_options["min_t"] < TRAIN_TIMESTEPS:
         raise TrainError(f"--empty-field-min-t must be in 0..{TRAIN_TIMESTEPS - 1}, "
                          f"got {field_options['min_t']}")
