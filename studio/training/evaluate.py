@@ -290,10 +290,14 @@ def evaluate_diffusion(path: Path, clf: Classifier, n_per_task: int = 40, steps:
                                guidance_rescale=guidance_rescale, guidance_method=guidance_method)
         without, _ = generate(pipe, [prompt] * negative_n, g, steps, seed + 10_000, batch,
                               guidance_rescale=guidance_rescale, guidance_method=guidance_method)
-        avoid = {c.strip() for c in negative.split(",")}
+        avoid = [c.strip() for c in negative.split(",")]
+        result["negative_misses"] = {}
         for key, imgs in (("negative_avoidance", with_neg), ("avoidance_without_negative", without)):
-            colours = clf.predict(imgs)["colour"]["label"]
+            colours = list(clf.predict(imgs)["colour"]["label"])
             result[key] = float(np.mean([c not in avoid for c in colours]))
+            # which of the named colours got through: a miss on one of them is a different
+            # failure from a miss on both
+            result["negative_misses"][key] = {c: colours.count(c) for c in avoid}
         result["negative_prompt"] = {"prompt": prompt, "negative": negative, "guidance": g}
     return result
 
@@ -411,6 +415,15 @@ def sample_grid(images: np.ndarray, columns: int = 8, scale: int = 2) -> Any:
     return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
 
 
+def _misses(result: dict, key: str) -> str:
+    """", misses: red 3, blue 21" for one arm of the negative-prompt test; empty for results
+    written before the misses were recorded."""
+    misses = result.get("negative_misses", {}).get(key)
+    if not misses:
+        return ""
+    return ", misses: " + ", ".join(f"{colour} {n}" for colour, n in misses.items())
+
+
 def _per_guidance_table(title: str, first_column: str, by_guidance: dict[str, dict[str, float]],
                         rows: Sequence[str]) -> list[str]:
     """Markdown lines: one row per name, one column per guidance ("–" where a row has none)."""
@@ -451,8 +464,9 @@ def markdown(results: dict) -> str:
                 f"| negative prompt: \"{neg['prompt']}\" / negative \"{neg['negative']}\" "
                 f"(guidance {neg['guidance']}), share with neither colour | "
                 + "".join("– | " for _ in gs[:-1])
-                + f"{d['negative_avoidance']:.3f} (without the negative prompt: "
-                f"{d['avoidance_without_negative']:.3f}) | ≥ 0.95 |")
+                + f"{d['negative_avoidance']:.3f}{_misses(d, 'negative_avoidance')} "
+                f"(without the negative prompt: {d['avoidance_without_negative']:.3f}"
+                f"{_misses(d, 'avoidance_without_negative')}) | ≥ 0.95 |")
         by_shape = d.get("shape_by_guidance")
         if by_shape:
             lines += _per_guidance_table("Shape read as asked, over every one-object prompt:",

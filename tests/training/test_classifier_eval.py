@@ -109,6 +109,10 @@ def test_evaluation_runs_on_tiny_models(tmp_path: Path,
     assert set(d["attribute_by_guidance"]["7.5"]) == {"colour", "background", "size", "position"}
     assert "| background |" in evaluate.markdown({"shapes-diffusion": d}).split("alone")[1]
     assert 0.0 <= d["negative_avoidance"] <= 1.0 and d["seconds_per_image"]["7.5"] > 0
+    for key in ("negative_avoidance", "avoidance_without_negative"):
+        misses = d["negative_misses"][key]
+        assert set(misses) == {"red", "blue"}
+        assert sum(misses.values()) == round((1 - d[key]) * 2)
     assert set(d["autoencoder_ceiling"]) == {"shape", "colour", "size", "position", "background"}
     assert all(0.0 <= v <= 1.0 for v in d["autoencoder_ceiling"].values())
     assert d["scheduler"] == "DDIMScheduler" and "1 DDIM steps" in evaluate.markdown(
@@ -308,3 +312,15 @@ def test_denoise_probe_runs_the_last_steps_on_real_latents(
 
     assert denoise_probe.main([str(tmp_path / "nothing")]) == 2
     assert "no pipeline" in capsys.readouterr().err
+
+
+def test_negative_prompt_row_names_the_colours_that_got_through() -> None:
+    d = {"prompts": 1, "steps": 1, "by_guidance": {"7.5": {"single_object": 1.0}},
+         "seconds_per_image": {"7.5": 0.1}, "negative_avoidance": 0.92,
+         "avoidance_without_negative": 0.7,
+         "negative_misses": {"negative_avoidance": {"red": 3, "blue": 21},
+                             "avoidance_without_negative": {"red": 40, "blue": 50}},
+         "negative_prompt": {"prompt": "a circle", "negative": "red, blue", "guidance": 7.5}}
+    table = evaluate.markdown({"shapes-diffusion": d})
+    assert ("0.920, misses: red 3, blue 21 (without the negative prompt: 0.700, "
+            "misses: red 40, blue 50)") in table
