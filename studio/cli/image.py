@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
         "--guidance",
         default=None,
         help="cfg (classifier-free guidance), fdg (frequency-decoupled) or apg (adaptive "
-        "projected); default: the Image pane's choice, FDG unless changed",
+        "projected); default: the Image pane's choice, CFG unless changed",
     )
     gen.add_argument("--steps", default="30", help="denoising steps, default 30")
     gen.add_argument(

@@ -144,16 +144,16 @@ def test_cancel_from_the_status_bar_stops_the_job_and_saves_nothing(qtbot, make_
 
 
 def test_apply_parameters_and_reuse_last_seed(qtbot, pane):
-    assert pane.guidance_box.currentData() == "fdg"  # the pane's default
+    assert pane.guidance_box.currentData() == "cfg"  # the pane's default
     pane.apply_parameters(
         {"prompt": "a green star", "negative_prompt": "dark", "steps": 5, "guidance_scale": 4.0,
-         "guidance_method": "cfg", "scheduler": "ddim", "seed": 42, "width": 48, "height": 56,
+         "guidance_method": "fdg", "scheduler": "ddim", "seed": 42, "width": 48, "height": 56,
          "model": "not-here"}
     )
     assert pane.prompt_edit.toPlainText() == "a green star"
     assert pane.scheduler_box.currentData() == "ddim"
-    assert pane.guidance_box.currentData() == "cfg"
-    assert pane.requests()[0].guidance_method == "cfg"
+    assert pane.guidance_box.currentData() == "fdg"
+    assert pane.requests()[0].guidance_method == "fdg"
     assert (pane.width_box.value(), pane.height_box.value()) == (48, 56)
     assert pane.seed.next_seed() == 42
     assert "not installed" in pane.notice_text()
@@ -168,7 +168,7 @@ def test_the_form_survives_a_restart(qtbot, pane, bridge, settings):
     pane.steps.setValue(12)
     pane.cfg.setValue(5.5)
     pane._select_scheduler("ddim")
-    pane.guidance_box.setCurrentIndex(pane.guidance_box.findData("cfg"))
+    pane.guidance_box.setCurrentIndex(pane.guidance_box.findData("apg"))
     pane.batch_count.setValue(4)
     pane.store_settings(settings)
     again = ImagePane(bridge, settings)
@@ -178,7 +178,7 @@ def test_the_form_survives_a_restart(qtbot, pane, bridge, settings):
     assert again.negative_edit.toPlainText() == "dark"
     assert (again.steps.int_value(), again.cfg.value()) == (12, 5.5)
     assert again.scheduler_box.currentData() == "ddim"
-    assert again.guidance_box.currentData() == "cfg"
+    assert again.guidance_box.currentData() == "apg"
     assert again.batch_count.value() == 4
     assert again.seed.mode == "fixed" and again.seed.next_seed() == 7
     assert again.current_model() == "tiny-sd"
