@@ -11,6 +11,8 @@ import argparse
 import sys
 from typing import Any
 
+from studio.core.settings import Settings
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -52,9 +54,9 @@ def register(sub: Any) -> None:
     p.add_argument("--frames", type=int, default=24)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance-scale", type=float, default=7.5)
-    p.add_argument("--guidance", default="cfg",
-                   help="cfg (classifier-free guidance, default, as the Image pane), fdg "
-                   "(frequency-decoupled) or apg (adaptive projected)")
+    p.add_argument("--guidance", default=Settings.guidance_method,
+                   help="cfg (classifier-free guidance), fdg (frequency-decoupled) or apg "
+                   f"(adaptive projected); default {Settings.guidance_method}, as the Image pane")
     p.add_argument("--scheduler", default="euler")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--height", type=int, default=64)
