@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.core.errors import UserError
+from studio.core.settings import Settings, load_settings
 
 
 def register(sub: Any) -> None:
@@ -27,7 +28,7 @@ def register(sub: Any) -> None:
         "--guidance",
         default=None,
         help="cfg (classifier-free guidance), fdg (frequency-decoupled) or apg (adaptive "
-        "projected); default: the Image pane's choice, CFG unless changed",
+        f"projected); default: the Image pane's choice, {Settings.guidance_method} unless changed",
     )
     gen.add_argument("--steps", default="30", help="denoising steps, default 30")
     gen.add_argument(
@@ -84,7 +85,6 @@ def _output_paths(output: str, count: int) -> list[Path]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from studio.core.jobs import Progress, TextToImage
-    from studio.core.settings import load_settings
 
     # The libraries' import-time chatter (optional backends missing) is not the user's concern.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -159,7 +159,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from studio.core.registry import KINDS, discover
-    from studio.core.settings import load_settings
 
     if args.kind and args.kind not in KINDS:
         raise UserError(f"Unknown kind {args.kind!r}: choose one of {', '.join(KINDS)}.")
