@@ -53,6 +53,9 @@ ATTRIBUTE_LIST_SHARE = 0.05
 CHECKPOINT_EVERY_S = 300.0
 MIN_SNR_GAMMA = 5.0
 TRAIN_TIMESTEPS = 1000
+# --decoder-sampled follows the pipeline's own sampling: its scheduler at 20 steps, guidance 7.5
+SAMPLED_STEPS = 20
+DEFAULT_SAMPLED_GUIDANCE = 7.5
 # --empty-field-share draws its timesteps from here up: where the sampler settles the background
 EMPTY_FIELD_MIN_T = 800
 # the other --empty-field-* options; these defaults swap in the whole field for any colour caption
@@ -98,6 +101,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --decoder-only: half the decoder's inputs are the UNet's own "
                              "one-step estimates of the latent from noise levels up to timestep "
                              "T, so the decoder learns the latents the UNet makes (default 0: off)")
+    parser.add_argument("--decoder-sampled", type=int, default=0, metavar="N",
+                        help="with --decoder-denoised T: instead of one-step estimates, sample "
+                             "N scenes once from their noised latents, from a step of the "
+                             f"{SAMPLED_STEPS}-step DDIM schedule below T to the end with "
+                             "classifier-free guidance, and decode those (default 0: off)")
+    parser.add_argument("--decoder-guidance", type=float, default=DEFAULT_SAMPLED_GUIDANCE,
+                        metavar="G",
+                        help=f"guidance scale of --decoder-sampled (default "
+                             f"{DEFAULT_SAMPLED_GUIDANCE:g}, the pipeline's usual scale)")
     parser.add_argument("--text-steps", type=int, default=None,
                         help="text-encoder pre-training steps (batch 128) before the UNet phase "
                              "(default: 400; 0 with --init-from, whose text encoder the UNet "
@@ -566,6 +578,70 @@ class Denoiser:
         eps = self.unet(noisy, t, encoder_hidden_states=cond).sample
         return (noisy - (1 - a).sqrt() * eps) / a.sqrt() / scaling_factor
 
+    def sample(self, z: Any, captions: list[str], scaling_factor: float, guidance: float,
+               steps: int = SAMPLED_STEPS) -> Any:
+        """``z`` (unscaled latents) noised to one timestep of the folder's own ``steps``-step
+        DDIM schedule below ``max_t`` and sampled from there to the end with classifier-free
+        guidance, as the pipeline samples: the decoder then sees what guidance does to a
+        shape in the last steps (bowed sides, soft points), not only a one-step estimate."""
+        import torch
+        from diffusers import DDIMScheduler
+
+        sampler = DDIMScheduler.from_config(self.scheduler.config)
+        sampler.set_timesteps(steps)
+        timesteps = [t for t in sampler.timesteps if int(t) < self.max_t]
+        if not timesteps:
+            raise TrainError(f"--decoder-denoised {self.max_t}: no step of the {steps}-step "
+                             f"schedule lies below it (its last is {int(sampler.timesteps[-1])})")
+        first = int(torch.randint(len(timesteps), (1,), generator=self.gen))
+        noise = torch.randn(z.shape, generator=self.gen).to(self.device)
+        latents = sampler.add_noise(z * scaling_factor, noise, timesteps[first].reshape(1))
+        cond = self.text_encoder(tokenize(self.tokenizer, captions, self.device))[0]
+        uncond = self.text_encoder(tokenize(self.tokenizer, [""] * len(captions), self.device))[0]
+        states = torch.cat([uncond, cond])
+        for t in timesteps[first:]:
+            eps_u, eps_c = self.unet(torch.cat([latents] * 2), t,
+                                     encoder_hidden_states=states).sample.chunk(2)
+            latents = sampler.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
+        return latents / scaling_factor
+
+
+class SampledLatents:
+    """A pool of rendered scenes and the latents the UNet samples for them (``Denoiser.sample``),
+    drawn once and decoded many times: sampling costs several guided UNet passes per image,
+    a decoder step one pass."""
+
+    def __init__(self, vae: Any, denoiser: Denoiser, size: int, batch: int, guidance: float,
+                 seed: int, device: str) -> None:
+        import torch
+
+        self.images: list[np.ndarray] = []
+        self.latents: list[Any] = []
+        base = 4 * 10**9 + seed * 10**8
+        bar = Progress(-(-size // batch), 0, desc="sampling")
+        with torch.no_grad():
+            for i, start in enumerate(range(0, size, batch)):
+                seeds = range(base + start, base + min(size, start + batch))
+                images, captions, _ = world.render_batch(seeds, tier=1 if i % 4 else 2,
+                                                         caption_style="random")
+                z = vae.encode(to_tensor(images, device)).latent_dist.sample()
+                self.latents.append(denoiser.sample(z, captions, vae.config.scaling_factor,
+                                                    guidance))
+                self.images.append(images)
+                bar.update()
+        self.seconds = bar.close()
+        self.all_images = np.concatenate(self.images)
+        self.all_latents = torch.cat(self.latents)
+        self.rng = np.random.default_rng((seed, 91))
+
+    def __len__(self) -> int:
+        return len(self.all_images)
+
+    def draw(self, n: int) -> tuple[np.ndarray, Any]:
+        """``n`` pairs (real images, sampled latents) drawn at random from the pool."""
+        index = self.rng.choice(len(self), size=n, replace=False)
+        return self.all_images[index], self.all_latents[index]
+
 
 def weighted_image_mean(error: Any, weight: Any) -> Any:
     """Per-image weighted mean of ``error`` (N, C, H, W), normalised by the weights, so a
@@ -600,14 +676,15 @@ def as_small_stars(scenes: list[world.Scene], share: float,
 
 def finetune_decoder(vae: Any, steps: int, batch: int, device: str, seed: int,
                      denoiser: Denoiser | None = None, object_weight: float = 0.0,
-                     small_stars: float = 0.0) -> dict:
+                     small_stars: float = 0.0, sampled: SampledLatents | None = None) -> dict:
     """Sharpen the decoder with the encoder frozen, as Stable Diffusion's ft-MSE decoder.
 
     The latent space the UNet learned stays exactly the same; only the map back
     to pixels improves. Latents are sampled from the posterior, like the UNet's
     training targets, so the decoder also cleans up slightly-off latents. With a
     ``denoiser``, every other batch is decoded from the UNet's estimate of the
-    latent instead, and still has to give back the real scene. ``small_stars`` P redraws
+    latent instead, and still has to give back the real scene; with ``sampled``, every
+    other batch is drawn from that pool of guided samples instead. ``small_stars`` P redraws
     that share of each one-object batch as small stars: the decoder reconstructs and draws
     no samples, so extra stars teach it the hardest scene without shifting what is generated.
     """
@@ -626,18 +703,22 @@ def finetune_decoder(vae: Any, steps: int, batch: int, device: str, seed: int,
     for step in range(steps):
         for g in opt.param_groups:
             g["lr"] = 5e-4 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        denoised = denoiser is not None and step % 2 == 1
-        images, captions, scenes = world.render_batch(
-            range(base + step * batch, base + (step + 1) * batch),
-            tier=1 if step % 4 else 2, caption_style="random" if denoised else "empty")
-        if small_stars and not denoised:
-            stars = as_small_stars(scenes, small_stars, star_rng)
-            images = images if stars is None else stars
-        x = to_tensor(images, device)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.sample()
-            if denoised:
-                z = denoiser.estimate(z, captions, vae.config.scaling_factor)
+        denoised = (denoiser is not None or sampled is not None) and step % 2 == 1
+        if denoised and sampled is not None:
+            images, z = sampled.draw(batch)
+            x, z = to_tensor(images, device), z.to(device)
+        else:
+            images, captions, scenes = world.render_batch(
+                range(base + step * batch, base + (step + 1) * batch),
+                tier=1 if step % 4 else 2, caption_style="random" if denoised else "empty")
+            if small_stars and not denoised:
+                stars = as_small_stars(scenes, small_stars, star_rng)
+                images = images if stars is None else stars
+            x = to_tensor(images, device)
+            with torch.no_grad():
+                z = vae.encode(x).latent_dist.sample()
+                if denoised:
+                    z = denoiser.estimate(z, captions, vae.config.scaling_factor)
         recon = vae.decode(z).sample
         diff = recon - x
         error = diff.abs() + diff ** 2
@@ -673,12 +754,28 @@ def decoder_only(args: argparse.Namespace) -> None:
     steps = int(args.decoder_steps or min(1200, int(args.steps)))
     object_weight = float(getattr(args, "object_weight", 0.0) or 0.0)
     max_t = int(getattr(args, "decoder_denoised", 0) or 0)
-    denoiser = Denoiser.load(out, max_t, device, int(args.seed or 0)) if max_t else None
-    info = finetune_decoder(vae, steps, state_batch(getattr(args, "preset", "full"),
-                                                    int(args.batch_size)),
-                            device, int(args.seed or 0), denoiser, object_weight, small_stars)
+    pool_size = int(getattr(args, "decoder_sampled", 0) or 0)
+    guidance = float(getattr(args, "decoder_guidance", DEFAULT_SAMPLED_GUIDANCE))
+    if pool_size < 0:
+        raise TrainError(f"--decoder-sampled must be positive, got {pool_size}")
+    if pool_size and not max_t:
+        raise TrainError("--decoder-sampled needs --decoder-denoised T, the highest timestep "
+                         "sampling starts from")
+    batch = state_batch(getattr(args, "preset", "full"), int(args.batch_size))
+    seed = int(args.seed or 0)
+    denoiser = Denoiser.load(out, max_t, device, seed) if max_t else None
+    sampled = None
+    if pool_size:
+        vae.eval()
+        sampled = SampledLatents(vae, denoiser, max(pool_size, batch), batch, guidance, seed, device)
+        denoiser = None
+    info = finetune_decoder(vae, steps, batch, device, seed, denoiser, object_weight,
+                            small_stars, sampled)
     if max_t:
         info["decoder_denoised_max_t"] = max_t
+    if sampled is not None:
+        info.update({"decoder_sampled": len(sampled), "decoder_sampled_guidance": guidance,
+                     "decoder_sampling_seconds": sampled.seconds})
     if object_weight:
         info["decoder_object_weight"] = object_weight
     if small_stars:

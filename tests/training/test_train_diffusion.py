@@ -218,6 +218,67 @@ def test_denoiser_estimate_is_the_latent_at_the_lowest_noise(tiny_pipeline: Path
     assert (far - z).abs().max() > 0.05
 
 
+def test_decoder_sampled_decodes_a_pool_of_guided_samples(tiny_pipeline: Path,
+                                                          tmp_path: Path) -> None:
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    copy = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline, copy)
+    before = AutoencoderKL.from_pretrained(str(copy / "vae"))
+    assert main(["shapes-diffusion", "--decoder-only", "--decoder-steps", "2",
+                 "--decoder-denoised", "300", "--decoder-sampled", "4",
+                 "--decoder-guidance", "3", "--out", str(copy), *TINY]) == 0
+    after = AutoencoderKL.from_pretrained(str(copy / "vae"))
+    assert any(not torch.equal(a, b) for a, b in
+               zip(before.decoder.parameters(), after.decoder.parameters(), strict=True))
+    assert all(torch.equal(a, b) for a, b in
+               zip(before.encoder.parameters(), after.encoder.parameters(), strict=True))
+    state = json.loads((copy / "training_state.json").read_text())
+    assert state["decoder_sampled"] == 4 and state["decoder_sampled_guidance"] == 3.0
+    assert state["decoder_denoised_max_t"] == 300
+
+
+def test_denoiser_sample_runs_the_schedule_from_below_max_t(tiny_pipeline: Path) -> None:
+    import torch
+
+    from studio.training.common import TrainError
+    from studio.training.train_diffusion import Denoiser
+
+    # the folder's schedule ends on timestep 1 (steps_offset 1); max_t 2 leaves only that
+    # last step, where almost nothing is noised
+    low = Denoiser.load(tiny_pipeline, 2, "cpu", 0)
+    high = Denoiser.load(tiny_pipeline, 1000, "cpu", 0)
+    z = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    captions = ["a red circle", "a blue star", "", "a small green square"]
+    with torch.no_grad():
+        near = low.sample(z, captions, 0.5, guidance=1.0)
+        far = [high.sample(z, captions, 0.5, guidance=7.5) for _ in range(3)]
+    assert near.shape == z.shape and all(f.shape == z.shape for f in far)
+    # an untrained UNet's estimates are rough, so compare the mean change, not a bound
+    change = float((near - z).abs().mean())
+    assert change < 0.2
+    assert max(float((f - z).abs().mean()) for f in far) > 3 * change
+    with pytest.raises(TrainError, match="no step of the 20-step schedule"):
+        Denoiser.load(tiny_pipeline, 1, "cpu", 0).sample(z, captions, 0.5, guidance=1.0)
+
+
+def test_decoder_sampled_needs_a_start(tiny_pipeline: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    copy = tmp_path / "pipe"
+    shutil.copytree(tiny_pipeline, copy)
+    assert main(["shapes-diffusion", "--decoder-only", "--decoder-sampled", "4",
+                 "--out", str(copy), *TINY]) == 2
+    assert "--decoder-sampled needs --decoder-denoised" in capsys.readouterr().err
+    assert main(["shapes-diffusion", "--decoder-only", "--decoder-sampled", "-3",
+                 "--decoder-denoised", "300", "--out", str(copy), *TINY]) == 2
+    assert "--decoder-sampled must be positive" in capsys.readouterr().err
+
+
 def test_decoder_denoised_out_of_range(tiny_pipeline: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
