@@ -162,7 +162,10 @@ def test_resume_without_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "no checkpoint" in capsys.readouterr().err
 
 
-def test_decoder_only_fine_tunes_in_place(tiny_pipeline: Path, tmp_path: Path) -> None:
+def fine_tune_copy(tiny_pipeline: Path, tmp_path: Path, *flags: str) -> dict:
+    """Run ``--decoder-only`` with ``flags`` on a copy of the tiny pipeline; check that the
+    encoder (the UNet's latent space) is untouched and the decoder moved, and return the
+    folder's training state."""
     import shutil
 
     import torch
@@ -171,33 +174,23 @@ def test_decoder_only_fine_tunes_in_place(tiny_pipeline: Path, tmp_path: Path) -
     copy = tmp_path / "pipe"
     shutil.copytree(tiny_pipeline, copy)
     before = AutoencoderKL.from_pretrained(str(copy / "vae"))
-    assert main(["shapes-diffusion", "--decoder-only", "--decoder-steps", "1", "--out",
-                 str(copy), *TINY]) == 0
+    assert main(["shapes-diffusion", "--decoder-only", *flags, "--out", str(copy), *TINY]) == 0
     after = AutoencoderKL.from_pretrained(str(copy / "vae"))
-    # the encoder (the UNet's latent space) is untouched, the decoder moved
-    for a, b in zip(before.encoder.parameters(), after.encoder.parameters(), strict=True):
-        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in
+               zip(before.encoder.parameters(), after.encoder.parameters(), strict=True))
     assert any(not torch.equal(a, b) for a, b in
                zip(before.decoder.parameters(), after.decoder.parameters(), strict=True))
-    assert json.loads((copy / "training_state.json").read_text())["decoder_steps"] == 1
+    return json.loads((copy / "training_state.json").read_text())
+
+
+def test_decoder_only_fine_tunes_in_place(tiny_pipeline: Path, tmp_path: Path) -> None:
+    assert fine_tune_copy(tiny_pipeline, tmp_path, "--decoder-steps", "1")["decoder_steps"] == 1
 
 
 def test_decoder_denoised_learns_from_the_unets_estimates(tiny_pipeline: Path,
                                                          tmp_path: Path) -> None:
-    import shutil
-
-    import torch
-    from diffusers import AutoencoderKL
-
-    copy = tmp_path / "pipe"
-    shutil.copytree(tiny_pipeline, copy)
-    before = AutoencoderKL.from_pretrained(str(copy / "vae"))
-    assert main(["shapes-diffusion", "--decoder-only", "--decoder-steps", "2",
-                 "--decoder-denoised", "300", "--out", str(copy), *TINY]) == 0
-    after = AutoencoderKL.from_pretrained(str(copy / "vae"))
-    assert any(not torch.equal(a, b) for a, b in
-               zip(before.decoder.parameters(), after.decoder.parameters(), strict=True))
-    state = json.loads((copy / "training_state.json").read_text())
+    state = fine_tune_copy(tiny_pipeline, tmp_path, "--decoder-steps", "2",
+                           "--decoder-denoised", "300")
     assert state["decoder_steps"] == 2 and state["decoder_denoised_max_t"] == 300
 
 
@@ -220,23 +213,9 @@ def test_denoiser_estimate_is_the_latent_at_the_lowest_noise(tiny_pipeline: Path
 
 def test_decoder_sampled_decodes_a_pool_of_guided_samples(tiny_pipeline: Path,
                                                           tmp_path: Path) -> None:
-    import shutil
-
-    import torch
-    from diffusers import AutoencoderKL
-
-    copy = tmp_path / "pipe"
-    shutil.copytree(tiny_pipeline, copy)
-    before = AutoencoderKL.from_pretrained(str(copy / "vae"))
-    assert main(["shapes-diffusion", "--decoder-only", "--decoder-steps", "2",
-                 "--decoder-denoised", "300", "--decoder-sampled", "4",
-                 "--decoder-guidance", "3", "--out", str(copy), *TINY]) == 0
-    after = AutoencoderKL.from_pretrained(str(copy / "vae"))
-    assert any(not torch.equal(a, b) for a, b in
-               zip(before.decoder.parameters(), after.decoder.parameters(), strict=True))
-    assert all(torch.equal(a, b) for a, b in
-               zip(before.encoder.parameters(), after.encoder.parameters(), strict=True))
-    state = json.loads((copy / "training_state.json").read_text())
+    state = fine_tune_copy(tiny_pipeline, tmp_path, "--decoder-steps", "2",
+                           "--decoder-denoised", "300", "--decoder-sampled", "4",
+                           "--decoder-guidance", "3")
     assert state["decoder_sampled"] == 4 and state["decoder_sampled_guidance"] == 3.0
     assert state["decoder_denoised_max_t"] == 300
 
