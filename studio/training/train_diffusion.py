@@ -615,8 +615,8 @@ class SampledLatents:
                  seed: int, device: str) -> None:
         import torch
 
-        self.images: list[np.ndarray] = []
-        self.latents: list[Any] = []
+        images_parts: list[np.ndarray] = []
+        latent_parts: list[Any] = []
         base = 4 * 10**9 + seed * 10**8
         bar = Progress(-(-size // batch), 0, desc="sampling")
         with torch.no_grad():
@@ -625,22 +625,22 @@ class SampledLatents:
                 images, captions, _ = world.render_batch(seeds, tier=1 if i % 4 else 2,
                                                          caption_style="random")
                 z = vae.encode(to_tensor(images, device)).latent_dist.sample()
-                self.latents.append(denoiser.sample(z, captions, vae.config.scaling_factor,
+                latent_parts.append(denoiser.sample(z, captions, vae.config.scaling_factor,
                                                     guidance))
-                self.images.append(images)
+                images_parts.append(images)
                 bar.update()
         self.seconds = bar.close()
-        self.all_images = np.concatenate(self.images)
-        self.all_latents = torch.cat(self.latents)
+        self.images = np.concatenate(images_parts)
+        self.latents = torch.cat(latent_parts)
         self.rng = np.random.default_rng((seed, 91))
 
     def __len__(self) -> int:
-        return len(self.all_images)
+        return len(self.images)
 
     def draw(self, n: int) -> tuple[np.ndarray, Any]:
         """``n`` pairs (real images, sampled latents) drawn at random from the pool."""
         index = self.rng.choice(len(self), size=n, replace=False)
-        return self.all_images[index], self.all_latents[index]
+        return self.images[index], self.latents[index]
 
 
 def weighted_image_mean(error: Any, weight: Any) -> Any:
