@@ -188,6 +188,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resnet (and attention) layers in each UNet block (default 1); with "
                              "--init-from, a shallower UNet grows to this depth, its new layers "
                              "starting as identities")
+    parser.add_argument("--widen", type=int, default=1, metavar="F",
+                        help="make every UNet block F times as wide (with --init-from, the grown "
+                             "UNet first computes exactly what the old one did; default 1)")
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -1136,6 +1139,9 @@ def train(args: argparse.Namespace) -> None:
     layers = getattr(args, "layers_per_block", None)
     if layers is not None and int(layers) <= 0:
         raise TrainError(f"--layers-per-block must be a positive integer, got {layers}")
+    widen = int(getattr(args, "widen", 1) or 1)
+    if widen <= 0:
+        raise TrainError(f"--widen must be a positive integer, got {widen}")
     cache_size = getattr(args, "cache_size", None) or int(min(50000, max(64, steps * batch // 4)))
     torch.manual_seed(seed)
 
@@ -1183,6 +1189,18 @@ def train(args: argparse.Namespace) -> None:
                       "init_from": str(init_from)}
         phase = "text"
         tokenizer.save_pretrained(str(out / "tokenizer"))
+    if saved is not None:
+        # the checkpoint holds a UNet as wide as its run made it
+        channels = saved.get("extra", {}).get("block_out_channels")
+        built = list(unet.config.block_out_channels)
+        if channels and list(channels) != built:
+            widen = int(channels[0]) // int(built[0])
+        else:
+            widen = 1
+    if widen > 1:
+        from studio.training.unet_growth import widen_unet
+
+        unet = widen_unet(unet, widen, seed=seed)
     vae.to(device)
     unet.to(device)
     text_encoder.to(device)
@@ -1213,6 +1231,7 @@ def train(args: argparse.Namespace) -> None:
             if v != EMPTY_FIELD_DEFAULTS[k]}
            if field_share else {}),
         "layers_per_block": int(unet.config.layers_per_block),
+        "block_out_channels": [int(c) for c in unet.config.block_out_channels],
     }
     state.update(state_init)
     if saved is not None:

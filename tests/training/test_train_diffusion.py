@@ -108,6 +108,7 @@ def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
     (["shapes-diffusion", "--list-captions", "-0.1"], "--list-captions must be in [0, 1]"),
     (["shapes-diffusion", "--layers-per-block", "0"],
      "--layers-per-block must be a positive integer"),
+    (["shapes-diffusion", "--widen", "0"], "--widen must be a positive integer"),
     (["shapes-diffusion", "--snr-gamma", "-1"], "--snr-gamma must be zero or positive"),
     (["shapes-diffusion", "--low-noise-share", "1.5"], "--low-noise-share must be in [0, 1]"),
     (["shapes-diffusion", "--low-noise-max", "0"], "--low-noise-max must be in 1..1000"),
@@ -386,6 +387,25 @@ def test_init_from_grows_the_unet_and_resumes_it(tiny_pipeline: Path, tmp_path: 
     assert main(["shapes-diffusion", "--init-from", str(out), "--layers-per-block", "1",
                  "--steps", "1", "--out", str(tmp_path / "shallower"), *TINY]) == 2
     assert "already has 2" in capsys.readouterr().err
+
+
+def test_init_from_widens_the_unet_and_resumes_it(tiny_pipeline: Path, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    narrow = UNet2DConditionModel.from_pretrained(str(tiny_pipeline / "unet"))
+    out = tmp_path / "wider"
+    grow = ["shapes-diffusion", "--init-from", str(tiny_pipeline), "--widen", "2",
+            "--steps", "3", "--decoder-steps", "0", "--out", str(out), *TINY]
+    assert run_interrupted(grow) == 130
+    # the checkpoint holds the widened UNet, which --resume must rebuild at its width
+    assert main([*grow, "--resume"]) == 0
+    state = json.loads((out / "training_state.json").read_text())
+    wide = [2 * c for c in narrow.config.block_out_channels]
+    assert state["block_out_channels"] == wide and state["unet_steps_done"] == 3
+    pipe = StableDiffusionPipeline.from_pretrained(str(out))
+    assert list(pipe.unet.config.block_out_channels) == wide
+    # the timestep embedding keeps its width; only the layers reading it grow
+    assert pipe.unet.time_embedding.linear_1.out_features == narrow.time_embedding.linear_1.out_features
 
 
 def test_ema_weights_are_the_ones_saved_and_resume(tiny_pipeline: Path, tmp_path: Path) -> None:

@@ -65,3 +65,39 @@ def test_a_unet_cannot_shrink() -> None:
 
     with pytest.raises(ValueError, match="cannot shrink"):
         deepen_unet(_unet(2), 1)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_widened_unet_predicts_what_the_old_one_did(factor: int) -> None:
+    from studio.training.unet_growth import widen_unet
+
+    unet = _unet(2)
+    wide = widen_unet(unet, factor).eval()
+    assert list(wide.config.block_out_channels) == [8 * factor, 16 * factor, 24 * factor]
+    assert wide.conv_in.weight.shape[0] == 8 * factor
+    assert sum(p.numel() for p in wide.parameters()) > 2 * sum(p.numel() for p in unet.parameters())
+    assert torch.allclose(_predict(wide), _predict(unet), atol=1e-4)
+    assert torch.allclose(_predict(wide, seed=2), _predict(unet, seed=2), atol=1e-4)
+
+
+def test_widened_copies_learn_apart() -> None:
+    from studio.training.unet_growth import widen_unet
+
+    wide = widen_unet(_unet(1), 2).train()
+    conv = wide.conv_in
+    # the two copies of each channel start with the same incoming weights ...
+    assert torch.equal(conv.weight[0::2], conv.weight[1::2])
+    x = torch.randn(2, 4, 8, 8)
+    loss = wide(x, torch.tensor([10, 500]), encoder_hidden_states=torch.randn(2, 5, 16)).sample
+    loss.pow(2).mean().backward()
+    # ... but the next layer reads them with different weights, so their gradients differ
+    assert not torch.allclose(conv.weight.grad[0::2], conv.weight.grad[1::2])
+
+
+def test_a_unet_widens_by_a_whole_factor() -> None:
+    from studio.training.unet_growth import widen_unet
+
+    with pytest.raises(ValueError, match="whole factor"):
+        widen_unet(_unet(1), 0)
+    same = widen_unet(_unet(1), 1)
+    assert list(same.config.block_out_channels) == [8, 16, 24]
