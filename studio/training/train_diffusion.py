@@ -1139,7 +1139,7 @@ def train(args: argparse.Namespace) -> None:
     layers = getattr(args, "layers_per_block", None)
     if layers is not None and int(layers) <= 0:
         raise TrainError(f"--layers-per-block must be a positive integer, got {layers}")
-    widen = int(getattr(args, "widen", 1) or 1)
+    widen = int(getattr(args, "widen", 1))
     if widen <= 0:
         raise TrainError(f"--widen must be a positive integer, got {widen}")
     cache_size = getattr(args, "cache_size", None) or int(min(50000, max(64, steps * batch // 4)))
