@@ -1192,11 +1192,7 @@ def train(args: argparse.Namespace) -> None:
     if saved is not None:
         # the checkpoint holds a UNet as wide as its run made it
         channels = saved.get("extra", {}).get("block_out_channels")
-        built = list(unet.config.block_out_channels)
-        if channels and list(channels) != built:
-            widen = int(channels[0]) // int(built[0])
-        else:
-            widen = 1
+        widen = int(channels[0]) // int(unet.config.block_out_channels[0]) if channels else 1
     if widen > 1:
         from studio.training.unet_growth import widen_unet
 

@@ -138,9 +138,6 @@ def widen_unet(unet: Any, factor: int, noise: float = 0.25, seed: int = 0) -> An
     wide = UNet2DConditionModel.from_config(config).to(unet.device)
     if wide.dtype != unet.dtype:
         wide.to(dtype=unet.dtype)
-    if factor == 1:
-        wide.load_state_dict(unet.state_dict())
-        return wide
 
     gen = torch.Generator().manual_seed(seed)
     new_state = wide.state_dict()
@@ -153,7 +150,7 @@ def widen_unet(unet: Any, factor: int, noise: float = 0.25, seed: int = 0) -> An
             widened[:, columns] = value
         else:
             widened = _widen_tensor(value, tuple(target.shape), factor, noise, gen)
-            if re.search(r"\.to_q\.weight$", key):
+            if key.endswith(".to_q.weight"):
                 # heads keep their number and double their width: q·k over the copies would
                 # grow F-fold while the softmax's 1/sqrt(head width) shrinks only sqrt(F)-fold
                 widened = widened / factor ** 0.5
