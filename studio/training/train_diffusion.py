@@ -188,6 +188,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resnet (and attention) layers in each UNet block (default 1); with "
                              "--init-from, a shallower UNet grows to this depth, its new layers "
                              "starting as identities")
+    parser.add_argument("--reward-only", action="store_true",
+                        help="fine-tune the UNet of --init-from (or of --out) on the reward "
+                             "network's reading of its own guided samples (reward_tune.py)")
+    parser.add_argument("--reward-weight", type=float, default=0.2, metavar="W",
+                        help="--reward-only: weight of the reward loss beside the denoising loss")
+    parser.add_argument("--reward-batch", type=int, default=8, metavar="N",
+                        help="--reward-only: prompts sampled per step")
+    parser.add_argument("--reward-lr", type=float, default=5e-5, metavar="LR",
+                        help="--reward-only: UNet learning rate")
+    parser.add_argument("--reward-grad-steps", type=int, default=4, metavar="K",
+                        help="--reward-only: the loss reads one of the last K sampling steps")
+    parser.add_argument("--reward-guidance", type=float, default=DEFAULT_SAMPLED_GUIDANCE,
+                        help="--reward-only: guidance scale of the sampled prompts")
     parser.add_argument("--widen", type=int, default=1, metavar="F",
                         help="make every UNet block F times as wide (with --init-from, the grown "
                              "UNet first computes exactly what the old one did; default 1)")
@@ -1079,6 +1092,11 @@ def train(args: argparse.Namespace) -> None:
         raise TrainError(f"--object-weight must be zero or positive, got {object_weight}")
     if getattr(args, "decoder_only", False):
         decoder_only(args)
+        return
+    if getattr(args, "reward_only", False):
+        from studio.training.reward_tune import reward_only
+
+        reward_only(args)
         return
     out = Path(args.out)
     device = args.device or "cpu"

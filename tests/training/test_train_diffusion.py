@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 from studio.training.__main__ import main
-
-TINY = ["--preset", "tiny", "--batch-size", "2", "--cache-size", "8", "--threads", "1",
-        "--device", "cpu"]
+from tests.training.conftest import TINY
 
 
 def run_interrupted(argv: list[str]) -> int:
@@ -53,13 +51,10 @@ def run_recording(argv: list[str], names: tuple[str, ...]) -> dict[str, dict]:
     return seen
 
 
-@pytest.fixture(scope="module")
-def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch = pytest.importorskip("torch")
-    torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("diffusion") / "shapes-diffusion"
-    assert main(["shapes-diffusion", "--steps", "2", "--out", str(out), *TINY]) == 0
-    return out
+@pytest.fixture
+def tiny_pipeline(tiny_trained_pipeline: Path) -> Path:
+    """The trainer's own tiny pipeline (tests/training/conftest.py); tests copy it to change it."""
+    return tiny_trained_pipeline
 
 
 def test_tiny_training_writes_a_loadable_pipeline(tiny_pipeline: Path) -> None:
