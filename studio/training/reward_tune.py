@@ -15,7 +15,8 @@ The reward network is not the evaluation's classifier: it reads the whole image 
 one network (the evaluation reads the shape from a normalised foreground crop with a
 second one), is trained on other seeds, and sees its input blurred, shifted and noised
 during fine-tuning, so a reward gained by fooling one network is not a score gained on
-the other.
+the other. On the bundled UNet that is what happened: the tuned UNet pleased the reward
+network and not the evaluation (model card, "Stage 24").
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ from studio.training.common import (
     load_checkpoint,
     save_checkpoint,
     update_average,
+)
+from studio.training.train_diffusion import (
+    draw_timesteps,
+    min_snr_weights,
+    object_mask,
+    to_tensor,
+    tokenize,
+    training_batch,
+    weighted_image_mean,
 )
 
 REWARD_HEADS: dict[str, tuple[str, ...]] = {
@@ -137,7 +147,7 @@ def train_reward_net(steps: int = 1500, batch: int = 64, seed: int = 0,
         base = REWARD_NET_SEED_BASE + step * batch
         images, _, scenes = world.render_batch(range(base, base + batch), tier=1,
                                                caption_style="empty")
-        x = disturb(_to_input(images), gen)
+        x = disturb(to_tensor(images, "cpu"), gen)
         labels = scene_labels(scenes)
         logits = net(x)
         loss = sum(loss_fn(logits[k], torch.from_numpy(labels[k])) for k in REWARD_HEADS)
@@ -160,14 +170,8 @@ def reward_net_accuracy(net: Any, n: int = 1000) -> dict[str, float]:
     images, _, scenes = world.render_batch(range(base, base + n), tier=1, caption_style="empty")
     labels = scene_labels(scenes)
     with torch.no_grad():
-        logits = net(_to_input(images))
+        logits = net(to_tensor(images, "cpu"))
     return {k: float((logits[k].argmax(1).numpy() == labels[k]).mean()) for k in REWARD_HEADS}
-
-
-def _to_input(images: np.ndarray) -> Any:
-    import torch
-
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def load_or_train_reward_net(folder: Path, verbose: bool = True) -> tuple[Any, dict[str, float]]:
@@ -228,8 +232,6 @@ class GuidedSampler:
         import torch
         from diffusers import DDIMScheduler
 
-        from studio.training.train_diffusion import tokenize
-
         sampler = DDIMScheduler.from_config(self.scheduler_config)
         sampler.set_timesteps(self.steps)
         timesteps = list(sampler.timesteps)
@@ -277,16 +279,6 @@ def denoising_loss(unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, sched
     """The bundled recipe's denoising loss on freshly rendered and encoded scenes."""
     import torch
 
-    from studio.training.train_diffusion import (
-        draw_timesteps,
-        min_snr_weights,
-        object_mask,
-        to_tensor,
-        tokenize,
-        training_batch,
-        weighted_image_mean,
-    )
-
     images, captions = training_batch(REGULARISER_SEED_BASE + step * batch, batch, rng,
                                       name_probability=name_probability)
     with torch.no_grad():
@@ -304,6 +296,8 @@ def denoising_loss(unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, sched
 
 @dataclass
 class RewardRecipe:
+    """The options of one fine-tuning run; the denoising half keeps the bundled recipe's."""
+
     steps: int = 1000
     reward_batch: int = 8
     denoise_batch: int = 32
