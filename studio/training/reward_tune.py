@@ -5,8 +5,8 @@ timestep; a square's corners or a small star's points are a few latent pixels of
 late step in that average, and fifteen stages of it left them bowed and blunt. Here
 the UNet is trained on what the pipeline actually draws instead (DRaFT, Clark et al.
 2024; ReFL, Xu et al. 2023): a prompt is sampled with classifier-free guidance as the
-pipeline samples it, the last steps are run with gradients, the clean estimate is
-decoded, and a reward network reads it back; the loss is how far that reading is from
+pipeline samples it, one of its last steps is run with gradients, that step's clean
+estimate is decoded, and a reward network reads it back; the loss is how far that reading is from
 what the prompt asked for. The denoising loss on rendered scenes is kept beside it so
 the UNet stays a denoiser of the world (and its unconditional branch, which negative
 prompts use, stays the world's).
@@ -34,6 +34,7 @@ from studio.training.common import (
     Progress,
     TrainError,
     load_checkpoint,
+    read_checkpoint_state,
     save_checkpoint,
     update_average,
 )
@@ -54,7 +55,8 @@ REWARD_HEADS: dict[str, tuple[str, ...]] = {
     "size": world.SIZES,
     "position": world.POSITIONS,
 }
-# Seed ranges of their own: the evaluation's classifier trains from 5e9 and checks on 6e9.
+# Away from the evaluation's classifier (it trains from 5e9 and checks on 6e9) and from the
+# trainer's scenes (1e9 + seed * 1e8).
 REWARD_NET_SEED_BASE = 7_000_000_000
 PROMPT_SEED_BASE = 8_000_000_000
 REGULARISER_SEED_BASE = 9_000_000_000
@@ -186,10 +188,11 @@ def load_or_train_reward_net(folder: Path, verbose: bool = True) -> tuple[Any, d
         net = build_reward_net()
         try:
             net.load_state_dict(load_file(str(weights)))
+            accuracy = json.loads(meta.read_text())
         except Exception as exc:
-            raise TrainError(f"{weights} is not a reward network this version reads ({exc}); "
-                             "delete it to train a new one") from None
-        return net.eval().requires_grad_(False), json.loads(meta.read_text())
+            raise TrainError(f"{weights} (or {meta.name}) is not a reward network this version "
+                             f"reads ({exc}); delete it to train a new one") from None
+        return net.eval().requires_grad_(False), accuracy
     net, accuracy = train_reward_net(verbose=verbose)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(weights))
@@ -214,8 +217,8 @@ def reward_loss(net: Any, images: Any, targets: dict[str, Any], gen: Any) -> Any
 
 @dataclass
 class GuidedSampler:
-    """The pipeline's own sampling (DDIM, classifier-free guidance) with gradients through
-    the conditional branch of the last steps only."""
+    """The pipeline's own sampling (DDIM, classifier-free guidance), stopped at one of the
+    last ``grad_steps`` steps, which runs with gradients through its conditional branch."""
 
     unet: Any
     vae: Any
@@ -251,7 +254,9 @@ class GuidedSampler:
                                        latents).prev_sample
             t = timesteps[stop]
             eps_u = self.unet(latents, t, encoder_hidden_states=uncond).sample
-        # The unconditional branch is held: negative prompts and guidance itself lean on it.
+        # No reward gradient through the unconditional prediction: negative prompts and
+        # guidance itself lean on it (the weights are shared, so only the denoising loss
+        # speaks for it).
         eps_c = self.unet(latents, t, encoder_hidden_states=cond).sample
         eps = eps_u + self.guidance * (eps_c - eps_u)
         a = sampler.alphas_cumprod[int(t)]
@@ -296,7 +301,7 @@ def denoising_loss(unet: Any, vae: Any, text_encoder: Any, tokenizer: Any, sched
 
 @dataclass
 class RewardRecipe:
-    """The options of one fine-tuning run; the denoising half keeps the bundled recipe's."""
+    """The options of one fine-tuning run (the command line passes every field)."""
 
     steps: int = 1000
     reward_batch: int = 8
@@ -341,6 +346,11 @@ def finetune(folder: Path, out: Path, recipe: RewardRecipe, reward_net: Any,
     sampler = GuidedSampler(unet, vae, text_encoder, tokenizer, sampler_config,
                             recipe.guidance, grad_steps=recipe.grad_steps)
     opt = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, weight_decay=1e-2)
+    if resume:
+        phase = read_checkpoint_state(out).get("extra", {}).get("phase")
+        if phase != "reward":
+            raise TrainError(f"--resume: the checkpoint in {out} is not a --reward-only run's "
+                             f"(phase {phase!r})")
     start, extra = load_checkpoint(out, modules, {"unet": opt}) if resume else (0, {})
     spent = float(extra.get("reward_seconds", 0.0))
     rewards: list[float] = list(extra.get("reward_losses", []))
@@ -380,7 +390,8 @@ def finetune(folder: Path, out: Path, recipe: RewardRecipe, reward_net: Any,
         done = step + 1
         if time.monotonic() - last_save > CHECKPOINT_EVERY_S and done < recipe.steps:
             save_checkpoint(out, done, modules, {"unet": opt},
-                            {"reward_seconds": spent + time.monotonic() - phase_start,
+                            {"phase": "reward",
+                             "reward_seconds": spent + time.monotonic() - phase_start,
                              "reward_losses": rewards})
             last_save = time.monotonic()
     seconds = spent + time.monotonic() - phase_start
@@ -406,15 +417,20 @@ def reward_only(args: Any) -> None:
     from studio.training.classifier import cache_dir
     from studio.training.common import write_json
 
+    if getattr(args, "device", "cpu") != "cpu":
+        raise TrainError("--reward-only runs on the CPU only (pass --device cpu)")
     out = Path(args.out)
     folder = Path(args.init_from) if getattr(args, "init_from", None) else out
+    if folder.resolve() != out.resolve() and folder.resolve() in out.resolve().parents:
+        raise TrainError(f"--out {out} lies inside --init-from {folder}; choose another folder")
     for part in PIPELINE_PARTS:
         if not (folder / part).is_dir():
             raise TrainError(f"--reward-only: no {part}/ folder in {folder}")
     checks = {"--reward-weight": (args.reward_weight, args.reward_weight >= 0),
               "--reward-batch": (args.reward_batch, args.reward_batch > 0),
               "--reward-lr": (args.reward_lr, args.reward_lr > 0),
-              "--reward-grad-steps": (args.reward_grad_steps, 0 < args.reward_grad_steps <= 20)}
+              "--reward-grad-steps": (args.reward_grad_steps, 0 < args.reward_grad_steps <= 20),
+              "--reward-guidance": (args.reward_guidance, args.reward_guidance > 0)}
     for flag, (value, ok) in checks.items():
         if not ok:
             raise TrainError(f"{flag} out of range, got {value}")

@@ -1093,11 +1093,6 @@ def train(args: argparse.Namespace) -> None:
     if getattr(args, "decoder_only", False):
         decoder_only(args)
         return
-    if getattr(args, "reward_only", False):
-        from studio.training.reward_tune import reward_only
-
-        reward_only(args)
-        return
     out = Path(args.out)
     device = args.device or "cpu"
     preset = getattr(args, "preset", "full")
@@ -1160,6 +1155,12 @@ def train(args: argparse.Namespace) -> None:
     widen = int(getattr(args, "widen", 1))
     if widen <= 0:
         raise TrainError(f"--widen must be a positive integer, got {widen}")
+    if getattr(args, "reward_only", False):
+        # after the checks above: the reward phase reads the same recipe options
+        from studio.training.reward_tune import reward_only
+
+        reward_only(args)
+        return
     cache_size = getattr(args, "cache_size", None) or int(min(50000, max(64, steps * batch // 4)))
     torch.manual_seed(seed)
 

@@ -156,6 +156,7 @@ def test_reward_only_resumes_after_an_interruption(
     argv = ["shapes-diffusion", *REWARD, "--init-from", str(tiny_trained_pipeline),
             "--steps", "3", "--out", str(out), *TINY]
     assert main(argv) == 130 and saved == [1]
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["extra"]["phase"] == "reward"
     assert main([*argv, "--resume"]) == 130 and saved == [1, 2]
     monkeypatch.setattr(reward_tune, "save_checkpoint", original)
     assert main([*argv, "--resume"]) == 0
@@ -168,11 +169,17 @@ def test_reward_only_resumes_after_an_interruption(
     (["--reward-grad-steps", "21"], "--reward-grad-steps"),
     (["--reward-lr", "0"], "--reward-lr"),
     (["--reward-weight", "-1"], "--reward-weight"),
+    (["--reward-guidance", "0"], "--reward-guidance"),
+    (["--ema", "-0.5"], "--ema"),
+    (["--low-noise-share", "0.5", "--low-noise-max", "0"], "--low-noise-max"),
+    (["--name-probability", "2"], "--name-probability"),
 ])
 def test_reward_only_bad_arguments(flags: list[str], message: str, tiny_trained_pipeline: Path,
-                                   tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+                                   tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   untrained_reward_net: None) -> None:
+    # one step, so an option that slips through fails the test instead of training
     argv = ["shapes-diffusion", "--reward-only", "--init-from", str(tiny_trained_pipeline),
-            *flags, "--out", str(tmp_path / "o"), *TINY]
+            "--steps", "1", *flags, "--out", str(tmp_path / "o"), *TINY]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
@@ -181,3 +188,35 @@ def test_reward_only_bad_arguments(flags: list[str], message: str, tiny_trained_
 def test_reward_only_needs_a_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["shapes-diffusion", "--reward-only", "--out", str(tmp_path), *TINY]) == 2
     assert "no unet/ folder" in capsys.readouterr().err
+
+
+def test_reward_only_resumes_only_its_own_checkpoint(tiny_trained_pipeline: Path, tmp_path: Path,
+                                                     untrained_reward_net: None,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from studio.training.common import save_checkpoint
+
+    out = tmp_path / "tuned"
+    out.mkdir()
+    save_checkpoint(out, 5, {}, None, {"phase": "unet"})  # a base-training run's checkpoint
+    assert main(["shapes-diffusion", "--reward-only", "--init-from", str(tiny_trained_pipeline),
+                 "--resume", "--out", str(out), *TINY]) == 2
+    assert "not a --reward-only run's" in capsys.readouterr().err
+
+
+def test_reward_only_refuses_an_output_inside_its_source(tiny_trained_pipeline: Path,
+                                                         tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    source = tmp_path / "pipe"
+    shutil.copytree(tiny_trained_pipeline, source)
+    assert main(["shapes-diffusion", "--reward-only", "--init-from", str(source),
+                 "--out", str(source / "tuned"), *TINY]) == 2
+    assert "lies inside --init-from" in capsys.readouterr().err
+
+
+def test_reward_only_names_the_device_it_runs_on() -> None:
+    import argparse
+
+    with pytest.raises(reward_tune.TrainError, match="CPU only"):
+        reward_tune.reward_only(argparse.Namespace(device="cuda"))
