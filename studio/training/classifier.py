@@ -147,7 +147,8 @@ def _to_input(images: np.ndarray) -> Any:
     return x / 127.5 - 1.0
 
 
-def _labels(scenes: list[world.Scene]) -> dict[str, np.ndarray]:
+def scene_labels(scenes: list[world.Scene]) -> dict[str, np.ndarray]:
+    """The true class index per head of one-object scenes."""
     index = {k: {v: i for i, v in enumerate(vals)} for k, vals in HEADS.items()}
     out: dict[str, list[int]] = {k: [] for k in HEADS}
     for s in scenes:
@@ -249,7 +250,7 @@ def train_classifier(steps: int = 500, batch: int = 64, seed: int = 0,
         seeds = range(TRAIN_SEED_BASE + step * batch, TRAIN_SEED_BASE + (step + 1) * batch)
         images, _, scenes = world.render_batch(seeds, tier=1, caption_style="empty")
         images = _augment_images(images, rng)
-        labels = _labels(scenes)
+        labels = scene_labels(scenes)
         logits = net(_to_input(images))
         logits["shape"] = shape_net(object_crops(foreground(images, border_background(images))))
         loss = sum(loss_fn(logits[k], torch.from_numpy(labels[k])) for k in HEADS)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from studio.training import world
+from studio.training.classifier import HEADS, scene_labels
 from studio.training.common import (
     CHECKPOINT_DIR,
     Progress,
@@ -40,6 +41,7 @@ from studio.training.common import (
 )
 from studio.training.train_diffusion import (
     draw_timesteps,
+    merge_training_state,
     min_snr_weights,
     object_mask,
     to_tensor,
@@ -48,13 +50,8 @@ from studio.training.train_diffusion import (
     weighted_image_mean,
 )
 
-REWARD_HEADS: dict[str, tuple[str, ...]] = {
-    "shape": world.SHAPES,
-    "colour": world.COLOUR_NAMES,
-    "background": world.COLOUR_NAMES,
-    "size": world.SIZES,
-    "position": world.POSITIONS,
-}
+# the attributes the evaluation reads, read here by a network of another make
+REWARD_HEADS = HEADS
 # Away from the evaluation's classifier (it trains from 5e9 and checks on 6e9) and from the
 # trainer's scenes (1e9 + seed * 1e8).
 REWARD_NET_SEED_BASE = 7_000_000_000
@@ -89,18 +86,6 @@ def build_reward_net() -> Any:
             return {k: head(h) for k, head in self.heads.items()}
 
     return RewardNet()
-
-
-def scene_labels(scenes: list[world.Scene]) -> dict[str, np.ndarray]:
-    """The true class per head of one-object scenes."""
-    out: dict[str, list[int]] = {k: [] for k in REWARD_HEADS}
-    for s in scenes:
-        o = s.objects[0]
-        values = {"shape": o.shape, "colour": o.colour, "background": s.background,
-                  "size": o.size, "position": o.position}
-        for k, names in REWARD_HEADS.items():
-            out[k].append(names.index(values[k]))
-    return {k: np.array(v) for k, v in out.items()}
 
 
 def prompt_targets(scenes: list[world.Scene]) -> dict[str, np.ndarray]:
@@ -346,12 +331,13 @@ def finetune(folder: Path, out: Path, recipe: RewardRecipe, reward_net: Any,
     sampler = GuidedSampler(unet, vae, text_encoder, tokenizer, sampler_config,
                             recipe.guidance, grad_steps=recipe.grad_steps)
     opt = torch.optim.AdamW(unet.parameters(), lr=recipe.lr, weight_decay=1e-2)
+    start, extra = 0, {}
     if resume:
         phase = read_checkpoint_state(out).get("extra", {}).get("phase")
         if phase != "reward":
             raise TrainError(f"--resume: the checkpoint in {out} is not a --reward-only run's "
                              f"(phase {phase!r})")
-    start, extra = load_checkpoint(out, modules, {"unet": opt}) if resume else (0, {})
+        start, extra = load_checkpoint(out, modules, {"unet": opt})
     spent = float(extra.get("reward_seconds", 0.0))
     rewards: list[float] = list(extra.get("reward_losses", []))
     # Seeded by the start step too, so a resumed run draws new noise rather than replaying.
@@ -412,10 +398,7 @@ PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 def reward_only(args: Any) -> None:
     """``--reward-only``: reward fine-tune the UNet of ``--init-from`` (or of the pipeline
     already in ``--out``) and save the pipeline in ``--out``."""
-    import json
-
     from studio.training.classifier import cache_dir
-    from studio.training.common import write_json
 
     if getattr(args, "device", "cpu") != "cpu":
         raise TrainError("--reward-only runs on the CPU only (pass --device cpu)")
@@ -447,11 +430,8 @@ def reward_only(args: Any) -> None:
         name_probability=float(args.name_probability))
     net, accuracy = load_or_train_reward_net(cache_dir() / "reward")
     info = finetune(folder, out, recipe, net, resume=bool(args.resume))
-    state_file = out / "training_state.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    state.update(info)
-    state["reward_recipe"] = {k: v for k, v in vars(recipe).items() if k != "max_seconds"}
-    state["reward_net_heldout_accuracy"] = accuracy
-    state["reward_init_from"] = str(folder)
-    write_json(state_file, state)
+    info["reward_recipe"] = {k: v for k, v in vars(recipe).items() if k != "max_seconds"}
+    info["reward_net_heldout_accuracy"] = accuracy
+    info["reward_init_from"] = str(folder)
+    merge_training_state(out, info)
     print(f"saved {out}")

@@ -797,11 +797,16 @@ def decoder_only(args: argparse.Namespace) -> None:
     if small_stars:
         info["decoder_small_stars"] = small_stars
     vae.save_pretrained(str(out / "vae"), safe_serialization=True)
+    merge_training_state(out, info)
+    print(f"saved {out / 'vae'}")
+
+
+def merge_training_state(out: Path, info: dict) -> None:
+    """Add a later phase's ``info`` to the ``training_state.json`` of the pipeline in ``out``."""
     state_file = out / "training_state.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     state.update(info)
     write_json(state_file, state)
-    print(f"saved {out / 'vae'}")
 
 
 def star_scene_weights(captions: list[str], star_weight: float) -> np.ndarray:
