@@ -52,6 +52,7 @@ TIER2_SHARE = 0.2
 ATTRIBUTE_LIST_SHARE = 0.05
 CHECKPOINT_EVERY_S = 300.0
 MIN_SNR_GAMMA = 5.0
+DECODED_MAX_T = 300  # the last four or so of twenty DDIM steps, where corners and points form
 TRAIN_TIMESTEPS = 1000
 # --decoder-sampled follows the pipeline's own sampling: its scheduler at 20 steps, guidance 7.5
 SAMPLED_STEPS = 20
@@ -201,6 +202,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="--reward-only: the loss reads one of the last K sampling steps")
     parser.add_argument("--reward-guidance", type=float, default=DEFAULT_SAMPLED_GUIDANCE,
                         help="--reward-only: guidance scale of the sampled prompts")
+    parser.add_argument("--decoded-weight", type=float, default=0.0, metavar="W",
+                        help="add W times a loss on the decoder's features and pixels of the "
+                             "UNet's clean estimate, for scenes noised below --decoded-max-t")
+    parser.add_argument("--decoded-max-t", type=int, default=DECODED_MAX_T, metavar="T",
+                        help="timesteps below which --decoded-weight applies")
     parser.add_argument("--widen", type=int, default=1, metavar="F",
                         help="make every UNet block F times as wide (with --init-from, the grown "
                              "UNet first computes exactly what the old one did; default 1)")
@@ -928,7 +934,8 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
                snr_gamma: float = MIN_SNR_GAMMA, low_noise: tuple[float, int] = (0.0, 300),
                text_lr: float = 0.0, text_anchor: float = 0.0, star_weight: float = 1.0,
                empty_field: tuple[float, Any, Any] = (0.0, None, None),
-               empty_field_options: dict | None = None) -> None:
+               empty_field_options: dict | None = None,
+               decoded: tuple[float, int] = (0.0, DECODED_MAX_T)) -> None:
     """Epsilon MSE with min-SNR weighting; ``object_weight`` W counts the latent pixels
     that cover an object 1 + W times, so that the few that carry a corner or a point
     are not outweighed by the flat background.
@@ -950,8 +957,14 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     scenes whose caption names the object's colour from an empty field of it
     (:func:`empty_field_inputs`), for the colours whose field is clean;
     ``empty_field_options`` holds ``min_t``, ``blend_low`` and ``layout`` (swap only
-    captions that name size and position too)."""
+    captions that name size and position too).
+
+    ``decoded`` (weight W, bound T) adds W times :func:`decoded_loss.decoded_loss` for the
+    scenes noised below T: the decoder's reading of the UNet's clean estimate against its
+    reading of the scene, object pixels weighted as in the latent loss."""
     import torch
+
+    from studio.training.decoded_loss import clean_estimate, decoded_loss
 
     ema = modules.get("unet_ema")
     text_ema = modules.get("text_encoder_ema")
@@ -990,6 +1003,8 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     text_encoder.train(text_lr > 0)
     sf = state["scaling_factor"]
     warmup = max(1, min(200, steps // 10))
+    decoded_weight, decoded_max_t = decoded
+    vae = modules["vae"]
     spent = float(state.get("unet_seconds", 0.0))  # time of earlier, interrupted runs
     phase_start = time.monotonic()
     for step in range(start, steps):
@@ -1032,6 +1047,13 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
             weighted = per_sample
         w = scene_weight[idx].to(device, error.dtype)
         loss = (weighted * min_snr_weights(scheduler, t, snr_gamma) * w).sum() / w.sum()
+        low = (t < decoded_max_t).nonzero().flatten() if decoded_weight else t[:0]
+        if len(low):
+            # the target is the clean latent, so the loss measures the UNet, not the autoencoder
+            estimate = clean_estimate(scheduler, noisy[low], pred[low], t[low])
+            per_image = decoded_loss(vae, estimate, latents[low], sf,
+                                     masks[idx[low.cpu()]].to(device), object_weight)
+            loss = loss + decoded_weight * (per_image * w[low]).sum() / w.sum()
         if anchor is not None and text_anchor > 0:
             loss = loss + text_anchor * ((text_encoder(anchor_ids)[0] - anchor_states) ** 2).mean()
         opt.zero_grad(set_to_none=True)
@@ -1157,6 +1179,12 @@ def train(args: argparse.Namespace) -> None:
     layers = getattr(args, "layers_per_block", None)
     if layers is not None and int(layers) <= 0:
         raise TrainError(f"--layers-per-block must be a positive integer, got {layers}")
+    decoded_weight = float(getattr(args, "decoded_weight", 0.0) or 0.0)
+    if decoded_weight < 0:
+        raise TrainError(f"--decoded-weight must be zero or positive, got {decoded_weight}")
+    decoded_max_t = int(getattr(args, "decoded_max_t", DECODED_MAX_T))
+    if not 0 < decoded_max_t <= TRAIN_TIMESTEPS:
+        raise TrainError(f"--decoded-max-t must be in 1..{TRAIN_TIMESTEPS}, got {decoded_max_t}")
     widen = int(getattr(args, "widen", 1))
     if widen <= 0:
         raise TrainError(f"--widen must be a positive integer, got {widen}")
@@ -1246,6 +1274,8 @@ def train(args: argparse.Namespace) -> None:
         **({"text_anchor": text_anchor} if text_anchor else {}),
         **({"star_weight": star_weight} if star_weight != 1.0 else {}),
         **({"short_captions": short_share} if short_share else {}),
+        **({"decoded_weight": decoded_weight, "decoded_max_t": decoded_max_t}
+           if decoded_weight else {}),
         **({"empty_field_share": field_share} if field_share else {}),
         **({f"empty_field_{k}": v for k, v in field_options.items()
             if v != EMPTY_FIELD_DEFAULTS[k]}
@@ -1294,7 +1324,8 @@ def train(args: argparse.Namespace) -> None:
                    star_weight=star_weight,
                    empty_field=(field_share, *scaled_empty_fields(vae, device, state))
                    if field_share else (0.0, None, None),
-                   empty_field_options=field_options)
+                   empty_field_options=field_options,
+                   decoded=(decoded_weight, decoded_max_t))
     decoder_steps = getattr(args, "decoder_steps", None)
     decoder_steps = int(decoder_steps) if decoder_steps is not None else min(1200, steps)
     if decoder_steps > 0:

@@ -120,6 +120,8 @@ def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
      "--empty-field-min-t must be in 0..999"),
     (["shapes-diffusion", "--empty-field-blend", "1.5"],
      "--empty-field-blend must be in [0, 1]"),
+    (["shapes-diffusion", "--decoded-weight", "-1"], "--decoded-weight must be zero or positive"),
+    (["shapes-diffusion", "--decoded-max-t", "1001"], "--decoded-max-t must be in 1..1000"),
     (["shapes-diffusion", "--decoder-only", "--decoder-small-stars", "1.5"],
      "--decoder-small-stars must be in [0, 1]"),
 ])
@@ -842,3 +844,26 @@ def test_decoder_small_stars_changes_the_decoder_and_is_recorded(tiny_pipeline: 
     # step 1 of 2 is a one-object batch (step 0 is tier 2, which stays as rendered)
     decoder_flag_runs(tiny_pipeline, tmp_path, "--decoder-small-stars", ("0", "1"),
                       "decoder_small_stars", steps="2")
+
+
+def test_decoded_weight_changes_the_unet_update_and_is_recorded(tiny_pipeline: Path,
+                                                                tmp_path: Path) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unets = {}
+    for name, extra in {"plain": [], "decoded": ["--decoded-weight", "50",
+                                                 "--decoded-max-t", "1000"]}.items():
+        out = tmp_path / name
+        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                     "--decoder-steps", "0", "--seed", "3", "--out", str(out), *extra,
+                     *TINY]) == 0
+        unets[name] = UNet2DConditionModel.from_pretrained(str(out / "unet"))
+        state = json.loads((out / "training_state.json").read_text())
+        if extra:
+            assert (state["decoded_weight"], state["decoded_max_t"]) == (50.0, 1000)
+        else:
+            assert "decoded_weight" not in state
+    # same batches and noise (same seed): only the added loss differs
+    assert any(not torch.equal(a, b) for a, b in
+               zip(unets["plain"].parameters(), unets["decoded"].parameters(), strict=True))
