@@ -52,7 +52,7 @@ TIER2_SHARE = 0.2
 ATTRIBUTE_LIST_SHARE = 0.05
 CHECKPOINT_EVERY_S = 300.0
 MIN_SNR_GAMMA = 5.0
-DECODED_MAX_T = 300  # the last four or so of twenty DDIM steps, where corners and points form
+DECODED_MAX_T = 300  # the last six of twenty DDIM steps (t = 251 … 1), where corners and points form
 TRAIN_TIMESTEPS = 1000
 # --decoder-sampled follows the pipeline's own sampling: its scheduler at 20 steps, guidance 7.5
 SAMPLED_STEPS = 20
