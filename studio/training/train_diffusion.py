@@ -1048,12 +1048,14 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
         w = scene_weight[idx].to(device, error.dtype)
         loss = (weighted * min_snr_weights(scheduler, t, snr_gamma) * w).sum() / w.sum()
         low = (t < decoded_max_t).nonzero().flatten() if decoded_weight else t[:0]
+        shown = {}
         if len(low):
             # the target is the clean latent, so the loss measures the UNet, not the autoencoder
             estimate = clean_estimate(scheduler, noisy[low], pred[low], t[low])
             per_image = decoded_loss(vae, estimate, latents[low], sf,
                                      masks[idx[low.cpu()]].to(device), object_weight)
             loss = loss + decoded_weight * (per_image * w[low]).sum() / w.sum()
+            shown["decoded"] = per_image.mean().item()
         if anchor is not None and text_anchor > 0:
             loss = loss + text_anchor * ((text_encoder(anchor_ids)[0] - anchor_states) ** 2).mean()
         opt.zero_grad(set_to_none=True)
@@ -1064,7 +1066,7 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
             update_average(ema, unet, ema_decay, step)
         if text_ema is not None:
             update_average(text_ema, text_encoder, ema_decay, step)
-        bar.update(per_sample.mean().item())
+        bar.update(per_sample.mean().item(), **shown)
         state["unet_steps_done"] = step + 1
         if time.monotonic() - last_save > CHECKPOINT_EVERY_S and step + 1 < steps:
             save_checkpoint(out, step + 1, modules, {"unet": opt}, {**state, "phase": "unet"})
