@@ -470,25 +470,32 @@ def test_object_mask_marks_the_latent_pixels_over_the_object() -> None:
         assert 0 < m.sum() < 256
 
 
+def one_step_against_plain(tiny_pipeline: Path, tmp_path: Path, extra: list[str]
+                           ) -> tuple[dict, dict]:
+    """One training step from the same pipeline, batches and noise (same seed) without and
+    with ``extra``; asserts the UNets differ and returns both runs' training states."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    unets, states = [], []
+    for name, flags in (("plain", []), ("changed", extra)):
+        out = tmp_path / name
+        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
+                     "--decoder-steps", "0", "--seed", "3", "--out", str(out), *flags,
+                     *TINY]) == 0
+        unets.append(UNet2DConditionModel.from_pretrained(str(out / "unet")))
+        states.append(json.loads((out / "training_state.json").read_text()))
+    assert any(not torch.equal(a, b) for a, b in
+               zip(unets[0].parameters(), unets[1].parameters(), strict=True))
+    return states[0], states[1]
+
+
 def test_object_weight_changes_the_unet_update_and_is_recorded(tiny_pipeline: Path,
                                                                tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]
                                                                ) -> None:
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    unets = {}
-    for weight in ("0", "9"):
-        out = tmp_path / f"w{weight}"
-        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
-                     "--decoder-steps", "0", "--object-weight", weight, "--seed", "3",
-                     "--out", str(out), *TINY]) == 0
-        unets[weight] = UNet2DConditionModel.from_pretrained(str(out / "unet"))
-        state = json.loads((out / "training_state.json").read_text())
-        assert state.get("object_weight", 0.0) == float(weight)
-    # same batches and noise (same seed): only the loss's weighting differs
-    assert any(not torch.equal(a, b) for a, b in
-               zip(unets["0"].parameters(), unets["9"].parameters(), strict=True))
+    states = one_step_against_plain(tiny_pipeline, tmp_path, ["--object-weight", "9"])
+    assert states[0].get("object_weight", 0.0) == 0.0 and states[1]["object_weight"] == 9.0
     assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
                  "--object-weight", "-1", "--out", str(tmp_path / "bad"), *TINY]) == 2
     assert "--object-weight" in capsys.readouterr().err
@@ -511,25 +518,12 @@ def test_min_snr_weights_damp_low_noise_and_gamma_zero_turns_them_off() -> None:
 
 def test_low_noise_share_changes_the_update_and_is_recorded(tiny_pipeline: Path,
                                                             tmp_path: Path) -> None:
-    import torch
-    from diffusers import UNet2DConditionModel
 
-    unets = {}
-    for name, extra in {"plain": [], "low": ["--low-noise-share", "1", "--low-noise-max", "50",
-                                             "--snr-gamma", "0"]}.items():
-        out = tmp_path / name
-        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
-                     "--decoder-steps", "0", "--seed", "3", "--out", str(out), *extra,
-                     *TINY]) == 0
-        unets[name] = UNet2DConditionModel.from_pretrained(str(out / "unet"))
-        state = json.loads((out / "training_state.json").read_text())
-        if extra:
-            assert (state["low_noise_share"], state["low_noise_max"], state["snr_gamma"]) == \
-                (1.0, 50, 0.0)
-        else:
-            assert "low_noise_share" not in state and "snr_gamma" not in state
-    assert any(not torch.equal(a, b) for a, b in
-               zip(unets["plain"].parameters(), unets["low"].parameters(), strict=True))
+    states = one_step_against_plain(tiny_pipeline, tmp_path, [
+        "--low-noise-share", "1", "--low-noise-max", "50", "--snr-gamma", "0"])
+    assert (states[1]["low_noise_share"], states[1]["low_noise_max"], states[1]["snr_gamma"]) == \
+        (1.0, 50, 0.0)
+    assert "low_noise_share" not in states[0] and "snr_gamma" not in states[0]
 
 
 def test_low_noise_share_draws_that_share_below_the_bound() -> None:
@@ -848,22 +842,7 @@ def test_decoder_small_stars_changes_the_decoder_and_is_recorded(tiny_pipeline: 
 
 def test_decoded_weight_changes_the_unet_update_and_is_recorded(tiny_pipeline: Path,
                                                                 tmp_path: Path) -> None:
-    import torch
-    from diffusers import UNet2DConditionModel
-
-    unets = {}
-    for name, extra in {"plain": [], "decoded": ["--decoded-weight", "50",
-                                                 "--decoded-max-t", "1000"]}.items():
-        out = tmp_path / name
-        assert main(["shapes-diffusion", "--init-from", str(tiny_pipeline), "--steps", "1",
-                     "--decoder-steps", "0", "--seed", "3", "--out", str(out), *extra,
-                     *TINY]) == 0
-        unets[name] = UNet2DConditionModel.from_pretrained(str(out / "unet"))
-        state = json.loads((out / "training_state.json").read_text())
-        if extra:
-            assert (state["decoded_weight"], state["decoded_max_t"]) == (50.0, 1000)
-        else:
-            assert "decoded_weight" not in state
-    # same batches and noise (same seed): only the added loss differs
-    assert any(not torch.equal(a, b) for a, b in
-               zip(unets["plain"].parameters(), unets["decoded"].parameters(), strict=True))
+    states = one_step_against_plain(tiny_pipeline, tmp_path, [
+        "--decoded-weight", "50", "--decoded-max-t", "1000"])
+    assert (states[1]["decoded_weight"], states[1]["decoded_max_t"]) == (50.0, 1000)
+    assert "decoded_weight" not in states[0]
