@@ -31,12 +31,6 @@ def decoder_features(vae: Any, latents: Any) -> list[Any]:
     return [*features, image]
 
 
-def clean_estimate(scheduler: Any, noisy: Any, noise_pred: Any, t: Any) -> Any:
-    """x0 from an epsilon prediction: (x_t - sqrt(1 - a) eps) / sqrt(a)."""
-    a = scheduler.alphas_cumprod.to(noisy.device)[t].view(-1, 1, 1, 1)
-    return (noisy - (1 - a).sqrt() * noise_pred) / a.sqrt()
-
-
 def decoded_loss(vae: Any, estimate: Any, target: Any, scaling_factor: float,
                  object_mask: Any | None = None, object_weight: float = 0.0) -> Any:
     """Per-sample mean squared difference of the decoder's features of ``estimate`` and

@@ -40,6 +40,7 @@ from studio.training.common import (
     update_average,
 )
 from studio.training.train_diffusion import (
+    clean_estimate,
     draw_timesteps,
     merge_training_state,
     min_snr_weights,
@@ -244,8 +245,7 @@ class GuidedSampler:
         # speaks for it).
         eps_c = self.unet(latents, t, encoder_hidden_states=cond).sample
         eps = eps_u + self.guidance * (eps_c - eps_u)
-        a = sampler.alphas_cumprod[int(t)]
-        clean = (latents - (1 - a).sqrt() * eps) / a.sqrt()
+        clean = clean_estimate(sampler, latents, eps, t)
         return self.vae.decode(clean / sf).sample.clamp(-1, 1)
 
 

@@ -565,7 +565,6 @@ class Denoiser:
 
         self.unet, self.text_encoder, self.tokenizer = unet, text_encoder, tokenizer
         self.scheduler = scheduler
-        self.alphas = scheduler.alphas_cumprod.to(device)
         self.max_t, self.device = max_t, device
         self.gen = torch.Generator().manual_seed(seed)
 
@@ -595,10 +594,9 @@ class Denoiser:
         t = torch.randint(0, self.max_t, (len(z),), generator=self.gen).to(self.device)
         noise = torch.randn(latents.shape, generator=self.gen).to(self.device)
         noisy = self.scheduler.add_noise(latents, noise, t)
-        a = self.alphas[t].view(-1, 1, 1, 1)
         cond = self.text_encoder(tokenize(self.tokenizer, captions, self.device))[0]
         eps = self.unet(noisy, t, encoder_hidden_states=cond).sample
-        return (noisy - (1 - a).sqrt() * eps) / a.sqrt() / scaling_factor
+        return clean_estimate(self.scheduler, noisy, eps, t) / scaling_factor
 
     def sample(self, z: Any, captions: list[str], scaling_factor: float, guidance: float,
                steps: int = SAMPLED_STEPS) -> Any:
@@ -905,6 +903,12 @@ def tokenize(tokenizer: Any, captions: list[str], device: str) -> Any:
                      truncation=True, return_tensors="pt").input_ids.to(device)
 
 
+def clean_estimate(scheduler: Any, noisy: Any, noise_pred: Any, t: Any) -> Any:
+    """x0 from an epsilon prediction: (x_t - sqrt(1 - a) eps) / sqrt(a)."""
+    a = scheduler.alphas_cumprod.to(noisy.device)[t].view(-1, 1, 1, 1)
+    return (noisy - (1 - a).sqrt() * noise_pred) / a.sqrt()
+
+
 def min_snr_weights(scheduler: Any, timesteps: Any, gamma: float = MIN_SNR_GAMMA) -> Any:
     import torch
 
@@ -964,7 +968,7 @@ def train_unet(unet: Any, text_encoder: Any, tokenizer: Any, scheduler: Any, cac
     reading of the scene, object pixels weighted as in the latent loss."""
     import torch
 
-    from studio.training.decoded_loss import clean_estimate, decoded_loss
+    from studio.training.decoded_loss import decoded_loss
 
     ema = modules.get("unet_ema")
     text_ema = modules.get("text_encoder_ema")

@@ -21,7 +21,7 @@ def vae():
 def test_clean_estimate_inverts_the_noising() -> None:
     from diffusers import DDPMScheduler
 
-    from studio.training.decoded_loss import clean_estimate
+    from studio.training.train_diffusion import clean_estimate
 
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
     x0 = torch.randn(3, 4, 8, 8)

@@ -518,7 +518,6 @@ def test_min_snr_weights_damp_low_noise_and_gamma_zero_turns_them_off() -> None:
 
 def test_low_noise_share_changes_the_update_and_is_recorded(tiny_pipeline: Path,
                                                             tmp_path: Path) -> None:
-
     states = one_step_against_plain(tiny_pipeline, tmp_path, [
         "--low-noise-share", "1", "--low-noise-max", "50", "--snr-gamma", "0"])
     assert (states[1]["low_noise_share"], states[1]["low_noise_max"], states[1]["snr_gamma"]) == \
