@@ -210,6 +210,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--widen", type=int, default=1, metavar="F",
                         help="make every UNet block F times as wide (with --init-from, the grown "
                              "UNet first computes exactly what the old one did; default 1)")
+    parser.add_argument("--fresh-unet", action="store_true",
+                        help="with --init-from: keep its autoencoder and text encoder but train "
+                             "a new UNet from scratch (sized by --layers-per-block and --widen)")
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -264,9 +267,10 @@ def build_tokenizer(folder: Path) -> Any:
 # --------------------------------------------------------------------------- models
 
 
-def build_models(preset: str, tokenizer: Any,
-                 layers_per_block: int = 1) -> tuple[Any, Any, Any, Any]:
-    """Fresh ``(vae, unet, text_encoder, noise_scheduler)`` for ``preset``."""
+def build_models(preset: str, tokenizer: Any, layers_per_block: int = 1,
+                 widen: int = 1) -> tuple[Any, Any, Any, Any]:
+    """Fresh ``(vae, unet, text_encoder, noise_scheduler)`` for ``preset``, the UNet's blocks
+    ``widen`` times as wide as the preset's."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -299,7 +303,7 @@ def build_models(preset: str, tokenizer: Any,
         projection_dim=p["text_hidden"],
     )
     text_encoder = CLIPTextModel(text_config)
-    uc = p["unet_channels"]
+    uc = tuple(int(c) * widen for c in p["unet_channels"])
     latent = world.IMAGE_SIZE // 2 ** (len(vc) - 1)
     unet = UNet2DConditionModel(
         sample_size=latent,
@@ -1183,6 +1187,10 @@ def train(args: argparse.Namespace) -> None:
     if text_anchor and not text_lr:
         raise TrainError("--text-anchor holds the text encoder that --text-lr trains; give both")
     layers = getattr(args, "layers_per_block", None)
+    fresh_unet = bool(getattr(args, "fresh_unet", False))
+    if fresh_unet and not getattr(args, "init_from", None):
+        raise TrainError("--fresh-unet keeps the autoencoder and text encoder of --init-from; "
+                         "give it, or leave --fresh-unet out to train everything from scratch")
     if layers is not None and int(layers) <= 0:
         raise TrainError(f"--layers-per-block must be a positive integer, got {layers}")
     decoded_weight = float(getattr(args, "decoded_weight", 0.0) or 0.0)
@@ -1222,10 +1230,18 @@ def train(args: argparse.Namespace) -> None:
                 shutil.copyfile(vocab_dir / name, out / "tokenizer" / name)
     else:
         tokenizer = build_tokenizer(out / "tokenizer")
+    # A UNet grown from --init-from keeps its timestep embedding's width (unet_growth), so it
+    # is rebuilt by growing; a fresh one is built at its width.
+    grow = widen if init_from is not None and not fresh_unet else 1
     if saved is not None:
-        # the checkpoint holds a UNet of the depth its run grew or built
-        layers = saved.get("extra", {}).get("layers_per_block", layers)
-    vae, unet, text_encoder, noise_scheduler = build_models(preset, tokenizer, int(layers or 1))
+        # the checkpoint holds a UNet of the depth and width its run grew or built
+        extra = saved.get("extra", {})
+        layers = extra.get("layers_per_block", layers)
+        channels = extra.get("block_out_channels")
+        widen = int(channels[0]) // PRESETS[preset]["unet_channels"][0] if channels else 1
+        grow = widen if extra.get("init_from") and not extra.get("fresh_unet") else 1
+    vae, unet, text_encoder, noise_scheduler = build_models(
+        preset, tokenizer, int(layers or 1), widen=1 if grow > 1 else widen)
     phase, start = "vae", 0
     state_init: dict[str, Any] = {}
     if init_from is not None and saved is None:
@@ -1233,8 +1249,9 @@ def train(args: argparse.Namespace) -> None:
         from transformers import CLIPTextModel
 
         vae = AutoencoderKL.from_pretrained(str(init_from / "vae"))
-        unet = UNet2DConditionModel.from_pretrained(str(init_from / "unet"))
-        if layers is not None and int(layers) != unet.config.layers_per_block:
+        if not fresh_unet:
+            unet = UNet2DConditionModel.from_pretrained(str(init_from / "unet"))
+        if not fresh_unet and layers is not None and int(layers) != unet.config.layers_per_block:
             from studio.training.unet_growth import deepen_unet
 
             if int(layers) < unet.config.layers_per_block:
@@ -1244,17 +1261,14 @@ def train(args: argparse.Namespace) -> None:
         if (init_from / "text_encoder" / "config.json").is_file():
             text_encoder = CLIPTextModel.from_pretrained(str(init_from / "text_encoder"))
         state_init = {"scaling_factor": float(vae.config.scaling_factor),
-                      "init_from": str(init_from)}
+                      "init_from": str(init_from),
+                      **({"fresh_unet": True} if fresh_unet else {})}
         phase = "text"
         tokenizer.save_pretrained(str(out / "tokenizer"))
-    if saved is not None:
-        # the checkpoint holds a UNet as wide as its run made it
-        channels = saved.get("extra", {}).get("block_out_channels")
-        widen = int(channels[0]) // int(unet.config.block_out_channels[0]) if channels else 1
-    if widen > 1:
+    if grow > 1:
         from studio.training.unet_growth import widen_unet
 
-        unet = widen_unet(unet, widen, seed=seed)
+        unet = widen_unet(unet, grow, seed=seed)
     vae.to(device)
     unet.to(device)
     text_encoder.to(device)
@@ -1295,7 +1309,8 @@ def train(args: argparse.Namespace) -> None:
         phase = extra.get("phase", "vae")
         start = int(saved.get("step", 0))
         for key in ("vae_seconds", "unet_seconds", "scaling_factor", "vae_loss", "unet_steps_done",
-                    "unet_loss", "text_steps", "text_seconds", "text_loss", "init_from"):
+                    "unet_loss", "text_steps", "text_seconds", "text_loss", "init_from",
+                    "fresh_unet"):
             if key in extra:
                 state[key] = extra[key]
         if phase != "vae":

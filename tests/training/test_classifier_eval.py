@@ -314,6 +314,37 @@ def test_denoise_probe_runs_the_last_steps_on_real_latents(
     assert "no pipeline" in capsys.readouterr().err
 
 
+def test_denoising_loss_is_the_held_out_noise_error_per_timestep(tiny_pipeline: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from studio.training import denoise_probe
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_pipeline))
+    res = denoise_probe.denoising_loss(pipe, n=6, timesteps=(50, 700), batch=6)
+    assert set(res["by_timestep"]) == {"50", "700"}
+    # each scene's noise is its own, so the batching does not change a figure
+    again = denoise_probe.denoising_loss(pipe, n=6, timesteps=(50, 700), batch=4)
+    for t, row in res["by_timestep"].items():
+        for k in ("all", "object"):
+            assert row[k] == pytest.approx(again["by_timestep"][t][k], rel=1e-5)
+
+    class Oracle(torch.nn.Module):
+        """Predicts zero noise: its error is the noise's own mean square, about 1."""
+
+        def __init__(self, unet: torch.nn.Module) -> None:
+            super().__init__()
+            self.config, self.dtype, self.device = unet.config, unet.dtype, unet.device
+
+        def forward(self, sample: torch.Tensor, *args: object, **kwargs: object) -> object:
+            return type("Out", (), {"sample": torch.zeros_like(sample)})()
+
+    pipe.unet = Oracle(pipe.unet)
+    zero = denoise_probe.denoising_loss(pipe, n=6, timesteps=(50, 700), batch=6)
+    for row in zero["by_timestep"].values():
+        assert 0.8 < row["all"] < 1.2 and 0.5 < row["object"] < 1.5
+    assert zero["by_timestep"]["50"] != res["by_timestep"]["50"]
+
+
 def test_negative_prompt_row_names_the_colours_that_got_through() -> None:
     d = {"prompts": 1, "steps": 1, "by_guidance": {"7.5": {"single_object": 1.0}},
          "seconds_per_image": {"7.5": 0.1}, "negative_avoidance": 0.92,

@@ -104,6 +104,7 @@ def test_resume_continues_from_a_checkpoint(tmp_path: Path) -> None:
     (["shapes-diffusion", "--layers-per-block", "0"],
      "--layers-per-block must be a positive integer"),
     (["shapes-diffusion", "--widen", "0"], "--widen must be a positive integer"),
+    (["shapes-diffusion", "--fresh-unet", "--steps", "1"], "give it, or leave --fresh-unet out"),
     (["shapes-diffusion", "--snr-gamma", "-1"], "--snr-gamma must be zero or positive"),
     (["shapes-diffusion", "--low-noise-share", "1.5"], "--low-noise-share must be in [0, 1]"),
     (["shapes-diffusion", "--low-noise-max", "0"], "--low-noise-max must be in 1..1000"),
@@ -403,6 +404,33 @@ def test_init_from_widens_the_unet_and_resumes_it(tiny_pipeline: Path, tmp_path:
     assert list(pipe.unet.config.block_out_channels) == wide
     # the timestep embedding keeps its width; only the layers reading it grow
     assert pipe.unet.time_embedding.linear_1.out_features == narrow.time_embedding.linear_1.out_features
+
+
+def test_fresh_unet_keeps_the_autoencoder_and_text_encoder_and_resumes(
+        tiny_pipeline: Path, tmp_path: Path) -> None:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from studio.training.train_diffusion import PRESETS
+
+    start = StableDiffusionPipeline.from_pretrained(str(tiny_pipeline))
+    out = tmp_path / "fresh"
+    argv = ["shapes-diffusion", "--init-from", str(tiny_pipeline), "--fresh-unet", "--widen", "2",
+            "--steps", "3", "--decoder-steps", "0", "--out", str(out), *TINY]
+    assert run_interrupted(argv) == 130
+    # a fresh wide UNet is built at its width, so --resume rebuilds the same shapes
+    assert main([*argv, "--resume"]) == 0
+    state = json.loads((out / "training_state.json").read_text())
+    wide = [2 * c for c in PRESETS["tiny"]["unet_channels"]]
+    assert state["fresh_unet"] is True and state["block_out_channels"] == wide
+    assert state["unet_steps_done"] == 3
+    pipe = StableDiffusionPipeline.from_pretrained(str(out))
+    assert list(pipe.unet.config.block_out_channels) == wide
+    # built, not grown: the timestep embedding is as wide as a new UNet of that width has
+    assert pipe.unet.time_embedding.linear_1.out_features == 4 * wide[0]
+    for name in ("vae", "text_encoder"):
+        kept, before = getattr(pipe, name).state_dict(), getattr(start, name).state_dict()
+        assert all(torch.equal(kept[k], before[k]) for k in before), name
 
 
 def test_ema_weights_are_the_ones_saved_and_resume(tiny_pipeline: Path, tmp_path: Path) -> None:
