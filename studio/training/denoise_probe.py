@@ -57,8 +57,7 @@ def denoising_loss(pipe: Any, n: int = 256, timesteps: Sequence[int] = LOSS_TIME
         with torch.no_grad():
             z0 = pipe.vae.encode(x).latent_dist.mean * sf
             cond = pipe.encode_prompt(list(captions[lo:lo + batch]), pipe.device, 1, False)[0]
-        mask = torch.from_numpy(object_mask(images[lo:lo + batch], z0.shape[-1]))[:, 0]
-        mask = mask.to(z0.device)
+        mask = torch.from_numpy(object_mask(images[lo:lo + batch], z0.shape[-1]))[:, 0].to(z0.device)
         pixels["all"] += mask.numel()
         pixels["object"] += int(mask.sum())
         for t in sums:
@@ -164,16 +163,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         for t, row in res["by_timestep"].items():
             print(f"t={t:>4}: {row['all']:.4f} / {row['object']:.4f}")
         print(f"mean:   {res['mean']['all']:.4f} / {res['mean']['object']:.4f}")
-        if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
-        return 0
-    res = probe(pipe, load_or_train(), args.scenes, args.last_steps, args.steps, args.guidance,
-                args.seed)
-    print(f"{folder}: shape read right after the sampler's last K of {args.steps} steps, "
-          f"guidance {args.guidance:g}, {args.scenes} scenes")
-    for k, row in res["by_last_steps"].items():
-        per = "  ".join(f"{s} {v:.2f}" for s, v in row["by_shape"].items())
-        print(f"K={k:>3} (from t={row['start_timestep']:>4}): {row['shape']:.3f}   {per}")
+    else:
+        res = probe(pipe, load_or_train(), args.scenes, args.last_steps, args.steps,
+                    args.guidance, args.seed)
+        print(f"{folder}: shape read right after the sampler's last K of {args.steps} steps, "
+              f"guidance {args.guidance:g}, {args.scenes} scenes")
+        for k, row in res["by_last_steps"].items():
+            per = "  ".join(f"{s} {v:.2f}" for s, v in row["by_shape"].items())
+            print(f"K={k:>3} (from t={row['start_timestep']:>4}): {row['shape']:.3f}   {per}")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     return 0

@@ -1251,13 +1251,13 @@ def train(args: argparse.Namespace) -> None:
         vae = AutoencoderKL.from_pretrained(str(init_from / "vae"))
         if not fresh_unet:
             unet = UNet2DConditionModel.from_pretrained(str(init_from / "unet"))
-        if not fresh_unet and layers is not None and int(layers) != unet.config.layers_per_block:
-            from studio.training.unet_growth import deepen_unet
+            if layers is not None and int(layers) != unet.config.layers_per_block:
+                from studio.training.unet_growth import deepen_unet
 
-            if int(layers) < unet.config.layers_per_block:
-                raise TrainError(f"--layers-per-block {layers}: the UNet in {init_from} already "
-                                 f"has {unet.config.layers_per_block}")
-            unet = deepen_unet(unet, int(layers))
+                if int(layers) < unet.config.layers_per_block:
+                    raise TrainError(f"--layers-per-block {layers}: the UNet in {init_from} "
+                                     f"already has {unet.config.layers_per_block}")
+                unet = deepen_unet(unet, int(layers))
         if (init_from / "text_encoder" / "config.json").is_file():
             text_encoder = CLIPTextModel.from_pretrained(str(init_from / "text_encoder"))
         state_init = {"scaling_factor": float(vae.config.scaling_factor),
